@@ -1,0 +1,12 @@
+//! kubestick: one cluster.toml in, one bootable disk image per node out.
+//!
+//! The stages run in this order and data only flows forward:
+//! [`spec`] → [`secrets`] → [`render`] → [`artifacts`]. [`cli`] wires them together.
+
+pub mod artifacts;
+pub mod cli;
+pub mod diag;
+pub mod fsx;
+pub mod render;
+pub mod secrets;
+pub mod spec;

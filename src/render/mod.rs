@@ -1,0 +1,351 @@
+//! Stage 3: Cluster + Secrets → every file a node receives, from the tera templates in
+//! `templates/`. Pure: no I/O here (see [`output`]), and the same inputs give the same
+//! bytes.
+
+pub mod output;
+mod templates;
+
+use anyhow::{Context as _, Result, anyhow};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tera::Tera;
+
+use crate::secrets::Secrets;
+use crate::spec::{API_PORT, Cluster, Node, Role};
+
+/// A file as it lands on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeFile {
+    /// Absolute path on the node.
+    pub path: String,
+    /// Octal, as cloud-init wants it ("0644").
+    pub mode: String,
+    /// The same mode in decimal, as Ignition wants it.
+    pub mode_decimal: u32,
+    pub content: String,
+}
+
+impl NodeFile {
+    fn new(path: &str, mode: u32, content: String) -> Self {
+        NodeFile {
+            path: path.to_string(),
+            mode: format!("{mode:04o}"),
+            mode_decimal: mode,
+            content,
+        }
+    }
+
+    pub fn is_secret(&self) -> bool {
+        self.mode_decimal & 0o077 == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unit {
+    pub name: String,
+    pub content: String,
+}
+
+/// Everything rendered for one node.
+#[derive(Debug, Clone)]
+pub struct RenderedNode {
+    pub name: String,
+    pub meta_data: String,
+    pub user_data: String,
+    pub network_config: String,
+    pub ignition: String,
+    /// This node's own files (also inside user-data and the Ignition config).
+    pub files: Vec<NodeFile>,
+}
+
+/// Everything rendered for a cluster.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// Files every node shares; the image build puts them into the root filesystem.
+    pub common_files: Vec<NodeFile>,
+    pub units: Vec<Unit>,
+    pub nodes: Vec<RenderedNode>,
+    pub admin_kubeconfig: String,
+}
+
+pub const MODE_SECRET: u32 = 0o600;
+pub const MODE_FILE: u32 = 0o644;
+pub const MODE_EXEC: u32 = 0o755;
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// Values that only the artifact lock knows, handed in by the caller so that render does
+/// not reach into the artifacts stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pins {
+    pub pause_image: String,
+}
+
+pub struct Renderer {
+    tera: Tera,
+}
+
+#[derive(Serialize)]
+struct Vrrp {
+    priority: u32,
+    weight: u32,
+    api_router_id: u8,
+    ingress_router_id: u8,
+    peers: Vec<String>,
+}
+
+impl Renderer {
+    pub fn new() -> Result<Self> {
+        let mut tera = Tera::default();
+        tera.autoescape_on(vec![]);
+        tera.register_filter("b64", b64_filter);
+        tera.add_raw_templates(templates::ALL.iter().copied())
+            .map_err(tera_error)?;
+        Ok(Renderer { tera })
+    }
+
+    pub fn render(&self, cluster: &Cluster, secrets: &Secrets, pins: &Pins) -> Result<Rendered> {
+        let mut base = tera::Context::new();
+        base.insert("cluster", cluster);
+        base.insert("api_endpoint", &cluster.api_endpoint());
+        base.insert("api_port", &API_PORT);
+        base.insert("prefix_len", &cluster.network.subnet.prefix_len());
+        base.insert("init_node", &cluster.init_node().name);
+        base.insert(
+            "control_plane",
+            &cluster.control_plane().collect::<Vec<_>>(),
+        );
+        base.insert("bootstrap_token", secrets.bootstrap_token.as_str());
+        base.insert("discovery_hash", &secrets.discovery_hash);
+        base.insert("pause_image", &pins.pause_image);
+
+        let common_files = vec![
+            NodeFile::new(
+                "/etc/modules-load.d/kubestick.conf",
+                MODE_FILE,
+                self.template("system/modules-load.conf", &base)?,
+            ),
+            NodeFile::new(
+                "/etc/sysctl.d/90-kubestick.conf",
+                MODE_FILE,
+                self.template("system/sysctl.conf", &base)?,
+            ),
+            NodeFile::new(
+                "/etc/containerd/config.toml",
+                MODE_FILE,
+                self.template("system/containerd.toml", &base)?,
+            ),
+            NodeFile::new(
+                "/usr/local/lib/kubestick/prepare",
+                MODE_EXEC,
+                self.template("system/prepare", &base)?,
+            ),
+        ];
+        let units = vec![Unit {
+            name: "kubestick-prepare.service".to_string(),
+            content: self.template("system/kubestick-prepare.service", &base)?,
+        }];
+
+        let nodes = cluster
+            .nodes
+            .iter()
+            .map(|node| self.node(cluster, node, secrets, &base, &common_files, &units))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Rendered {
+            common_files,
+            units,
+            nodes,
+            admin_kubeconfig: secrets.admin_kubeconfig(&cluster.name, &cluster.api_server_url()),
+        })
+    }
+
+    fn template(&self, name: &str, ctx: &tera::Context) -> Result<String> {
+        self.tera
+            .render(name, ctx)
+            .map_err(tera_error)
+            .with_context(|| format!("rendering template {name}"))
+    }
+
+    fn node(
+        &self,
+        cluster: &Cluster,
+        node: &Node,
+        secrets: &Secrets,
+        base: &tera::Context,
+        common_files: &[NodeFile],
+        units: &[Unit],
+    ) -> Result<RenderedNode> {
+        let mut ctx = base.clone();
+        ctx.insert("node", node);
+        let is_cp = node.role == Role::ControlPlane;
+        if is_cp {
+            ctx.insert("vrrp", &vrrp(cluster, node));
+        }
+
+        let mut files = vec![NodeFile::new(
+            "/etc/kubestick/node.env",
+            MODE_FILE,
+            self.template("node/node.env", &ctx)?,
+        )];
+        if node.name == cluster.init_node().name {
+            files.push(NodeFile::new(
+                "/etc/kubestick/kubeadm-init.yaml",
+                MODE_SECRET,
+                self.template("kubeadm/init.yaml", &ctx)?,
+            ));
+        }
+        files.push(NodeFile::new(
+            "/etc/kubestick/kubeadm-join.yaml",
+            MODE_SECRET,
+            self.template("kubeadm/join.yaml", &ctx)?,
+        ));
+        files.push(NodeFile::new(
+            "/etc/kubernetes/pki/ca.crt",
+            MODE_FILE,
+            secrets.ca.cert_pem.clone(),
+        ));
+        if is_cp {
+            // Only control-plane nodes may hold CA keys: they issue their own serving
+            // certificates from them when they join.
+            let pki = [
+                ("ca.key", &secrets.ca.key_pem, MODE_SECRET),
+                (
+                    "front-proxy-ca.crt",
+                    &secrets.front_proxy_ca.cert_pem,
+                    MODE_FILE,
+                ),
+                (
+                    "front-proxy-ca.key",
+                    &secrets.front_proxy_ca.key_pem,
+                    MODE_SECRET,
+                ),
+                ("etcd/ca.crt", &secrets.etcd_ca.cert_pem, MODE_FILE),
+                ("etcd/ca.key", &secrets.etcd_ca.key_pem, MODE_SECRET),
+                ("sa.key", &secrets.service_account.private_pem, MODE_SECRET),
+                ("sa.pub", &secrets.service_account.public_pem, MODE_FILE),
+            ];
+            for (name, content, mode) in pki {
+                files.push(NodeFile::new(
+                    &format!("/etc/kubernetes/pki/{name}"),
+                    mode,
+                    content.clone(),
+                ));
+            }
+            files.push(NodeFile::new(
+                "/etc/keepalived/keepalived.conf",
+                MODE_FILE,
+                self.template("keepalived/keepalived.conf", &ctx)?,
+            ));
+            files.push(NodeFile::new(
+                "/usr/local/lib/kubestick/check-apiserver",
+                MODE_EXEC,
+                self.template("keepalived/check-apiserver", &ctx)?,
+            ));
+            if cluster.ingress.is_some() && cluster.network.ingress_vip.is_some() {
+                files.push(NodeFile::new(
+                    "/usr/local/lib/kubestick/check-ingress",
+                    MODE_EXEC,
+                    self.template("keepalived/check-ingress", &ctx)?,
+                ));
+            }
+        }
+
+        ctx.insert("files", &files);
+        let user_data = self.template("cloud-init/user-data", &ctx)?;
+        let network_config = self.template("cloud-init/network-config", &ctx)?;
+        let digest = Sha256::new()
+            .chain_update(&user_data)
+            .chain_update(&network_config)
+            .finalize();
+        ctx.insert(
+            "instance_id",
+            &format!(
+                "{}-{}-{}",
+                cluster.name,
+                node.name,
+                &hex::encode(digest)[..12]
+            ),
+        );
+        let meta_data = self.template("cloud-init/meta-data", &ctx)?;
+
+        let mut ignition_files = vec![
+            NodeFile::new(
+                "/etc/systemd/network/10-kubestick-lan.link",
+                MODE_FILE,
+                self.template("ignition/lan.link", &ctx)?,
+            ),
+            NodeFile::new(
+                "/etc/systemd/network/10-kubestick-lan.network",
+                MODE_FILE,
+                self.template("ignition/lan.network", &ctx)?,
+            ),
+        ];
+        ignition_files.extend(common_files.iter().cloned());
+        ignition_files.extend(files.iter().cloned());
+        ctx.insert("ignition_files", &ignition_files);
+        ctx.insert("units", units);
+        let ignition = self.template("ignition/config.ign", &ctx)?;
+        let ignition: serde_json::Value = serde_json::from_str(&ignition).with_context(|| {
+            format!(
+                "the Ignition template produced invalid JSON for node {}",
+                node.name
+            )
+        })?;
+        let ignition = serde_json::to_string_pretty(&ignition)? + "\n";
+
+        Ok(RenderedNode {
+            name: node.name.clone(),
+            meta_data,
+            user_data,
+            network_config,
+            ignition,
+            files,
+        })
+    }
+}
+
+/// Priorities fall by node order so the init node holds the VIPs first; a failing health
+/// check subtracts more than the whole spread, so a healthy peer always outranks it.
+fn vrrp(cluster: &Cluster, node: &Node) -> Vrrp {
+    let cps: Vec<&Node> = cluster.control_plane().collect();
+    let index = cps.iter().position(|n| n.name == node.name).unwrap_or(0) as u32;
+    let id = Sha256::digest(cluster.name.as_bytes())[0];
+    // Router ids 1..=254, derived from the cluster name so two kubestick clusters on one
+    // LAN are unlikely to collide; the ingress id is the next one.
+    let api_router_id = id % 253 + 1;
+    Vrrp {
+        priority: 150 - 10 * index,
+        weight: 10 * cps.len() as u32 + 10,
+        api_router_id,
+        ingress_router_id: api_router_id + 1,
+        peers: cps
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| n.ip.to_string())
+            .collect(),
+    }
+}
+
+fn b64_filter(
+    value: &tera::Value,
+    _: &std::collections::HashMap<String, tera::Value>,
+) -> tera::Result<tera::Value> {
+    use base64::Engine as _;
+    let s = value
+        .as_str()
+        .ok_or_else(|| tera::Error::msg("b64 takes a string"))?;
+    Ok(tera::Value::String(
+        base64::engine::general_purpose::STANDARD.encode(s),
+    ))
+}
+
+/// tera hides the useful part of an error in its source chain.
+fn tera_error(e: tera::Error) -> anyhow::Error {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    anyhow!(msg)
+}
