@@ -876,16 +876,17 @@ impl Validator<'_> {
                 Err(_) => Some(
                     "the key data is not valid base64 (was the line cut or wrapped?)".to_string(),
                 ),
-                Ok(bytes) => {
-                    // The blob starts with the key type again, as a length-prefixed string.
-                    let inner = bytes
-                        .get(..4)
-                        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
-                        .and_then(|len| bytes.get(4..4 + len));
-                    (inner != Some(kind.as_bytes())).then(|| {
-                        format!("the key data does not hold a {kind} key (was it copied whole?)")
-                    })
-                }
+                Ok(bytes) => match ssh_blob_fields(&bytes) {
+                    None => Some("the key data is cut short or has bytes left over (was it copied whole?)".to_string()),
+                    Some(fields) if fields.first().copied() != Some(kind.as_bytes()) => {
+                        Some(format!("the key data does not hold a {kind} key (was it copied whole?)"))
+                    }
+                    Some(fields) if kind == "ssh-ed25519" && (fields.len() != 2 || fields[1].len() != 32) => {
+                        Some("an ed25519 key holds exactly 32 bytes of key data (was it copied whole?)".to_string())
+                    }
+                    Some(fields) if fields.len() < 2 => Some("the key data holds no key".to_string()),
+                    Some(_) => None,
+                },
             }
         };
         match problem {
@@ -1009,7 +1010,8 @@ impl Validator<'_> {
             }
             Some(r) => Some(*r.get_ref() as u32),
         };
-        if let Some(r) = replicas {
+        let any_invalid = nodes.iter().any(|(_, n)| n.is_none());
+        if let Some(r) = replicas.filter(|_| !any_invalid) {
             let at = raw.replicas.as_ref().map_or(span(s), |r| span(r));
             if with_disk == 0 {
                 self.error(
@@ -1044,9 +1046,12 @@ impl Validator<'_> {
             .iter()
             .filter(|(_, n)| n.as_ref().is_some_and(|n| n.role == Role::ControlPlane))
             .count();
-        let invalid = nodes.iter().any(|(_, n)| n.is_none());
+        // With a node already invalid the counts would mislead; its own error comes first.
+        if nodes.iter().any(|(_, n)| n.is_none()) {
+            return;
+        }
         let at = raw.nodes.first().map(|n| n.span());
-        if cps == 0 && !invalid && !nodes.is_empty() {
+        if cps == 0 && !nodes.is_empty() {
             self.error("nodes", at, "no node has role = \"control-plane\"", "make the first node (or three nodes, for high availability) role = \"control-plane\"");
         } else if cps > 7 {
             self.error(
@@ -1066,7 +1071,7 @@ impl Validator<'_> {
                     cps + 1
                 ),
             );
-        } else if cps == 1 && !invalid {
+        } else if cps == 1 {
             self.warn(
                 "nodes",
                 at,
@@ -1077,13 +1082,30 @@ impl Validator<'_> {
     }
 }
 
-/// The closest candidate, if any is close enough to be a likely typo.
+/// The length-prefixed fields of an SSH public key blob (RFC 4253 §6.6), or None when
+/// the blob is not exactly a sequence of them.
+fn ssh_blob_fields(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut fields = Vec::new();
+    while !bytes.is_empty() {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        fields.push(bytes.get(4..4 + len)?);
+        bytes = &bytes[4 + len..];
+    }
+    Some(fields)
+}
+
+/// The closest candidate, if any is close enough to be a likely typo: a few edits away
+/// (swapped letters count as one), or sharing most of a long prefix.
 pub fn did_you_mean<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let given = given.to_ascii_lowercase();
     candidates
         .iter()
-        .map(|c| (strsim::jaro_winkler(&given.to_ascii_lowercase(), c), *c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .filter_map(|c| {
+            let edits = strsim::damerau_levenshtein(&given, c);
+            let close = edits <= (c.len() / 3).max(1) || strsim::jaro_winkler(&given, c) >= 0.9;
+            close.then_some((edits, *c))
+        })
+        .min_by_key(|(edits, _)| *edits)
         .map(|(_, c)| c)
 }
 
@@ -1102,5 +1124,13 @@ mod tests {
             Some("api_vip")
         );
         assert_eq!(did_you_mean("zzz", &["control-plane", "worker"]), None);
+        assert_eq!(
+            did_you_mean("mca", &["name", "role", "ip", "mac"]),
+            Some("mac")
+        );
+        assert_eq!(
+            did_you_mean("kubernetes_versoin", &["name", "kubernetes_version"]),
+            Some("kubernetes_version")
+        );
     }
 }

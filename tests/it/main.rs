@@ -1,0 +1,9 @@
+//! Integration tests: they run the real `kubestick` binary and check its outputs, with
+//! the real validators where one exists.
+
+mod bad_input;
+mod common;
+// mod render;
+// mod secrets;
+// mod snapshots;
+// mod validators;
