@@ -3,7 +3,7 @@
 
 mod bad_input;
 mod common;
-// mod render;
-// mod secrets;
-// mod snapshots;
-// mod validators;
+mod render;
+mod secrets;
+mod snapshots;
+mod validators;
