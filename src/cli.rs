@@ -81,9 +81,7 @@ fn report_error(err: &anyhow::Error, styled: bool) -> ExitCode {
     for cause in err.chain().skip(1) {
         let _ = writeln!(stderr, "  caused by: {cause}");
     }
-    let bad_input = err
-        .chain()
-        .any(|c| c.is::<SecretsError>() || c.is::<LoadError>());
+    let bad_input = err.chain().any(|c| c.is::<SecretsError>() || c.is::<LoadError>());
     ExitCode::from(if bad_input { 2 } else { 1 })
 }
 
@@ -95,11 +93,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Check { cluster } => check(&cluster, styled),
-        Command::Render {
-            cluster,
-            output,
-            state,
-        } => render(&cluster, &output, state, styled),
+        Command::Render { cluster, output, state } => render(&cluster, &output, state, styled),
     }
 }
 

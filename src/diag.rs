@@ -26,11 +26,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(
-        path: impl Into<String>,
-        span: Option<Range<usize>>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn error(path: impl Into<String>, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
             path: path.into(),
@@ -40,11 +36,7 @@ impl Diagnostic {
         }
     }
 
-    pub fn warning(
-        path: impl Into<String>,
-        span: Option<Range<usize>>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn warning(path: impl Into<String>, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Warning,
             path: path.into(),
@@ -82,9 +74,7 @@ impl Report {
     }
 
     pub fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
     }
 
     pub fn errors(&self) -> usize {
@@ -108,11 +98,7 @@ impl Report {
 
     /// Renders all diagnostics, in source order, followed by a one-line summary.
     pub fn render(&self, styled: bool) -> String {
-        let renderer = if styled {
-            Renderer::styled()
-        } else {
-            Renderer::plain()
-        };
+        let renderer = if styled { Renderer::styled() } else { Renderer::plain() };
         let file = self.file.display().to_string();
         let mut sorted: Vec<&Diagnostic> = self.diagnostics.iter().collect();
         sorted.sort_by_key(|d| (d.span.as_ref().map_or(usize::MAX, |s| s.start), d.severity));
@@ -201,10 +187,7 @@ mod tests {
     fn render_names_file_line_column_path_and_help() {
         let src = "[cluster]\nname = \"Bad_Name\"\n";
         let mut r = Report::new(Path::new("c.toml"), src);
-        r.push(
-            Diagnostic::error("cluster.name", Some(17..27), "not a valid name")
-                .help("use lowercase"),
-        );
+        r.push(Diagnostic::error("cluster.name", Some(17..27), "not a valid name").help("use lowercase"));
         let text = r.render(false);
         assert!(text.contains("c.toml:2:8"), "{text}");
         assert!(text.contains("cluster.name"), "{text}");

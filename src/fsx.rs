@@ -49,8 +49,7 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(contents)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all()
-        .with_context(|| format!("flushing {}", path.display()))?;
+    f.sync_all().with_context(|| format!("flushing {}", path.display()))?;
     Ok(())
 }
 
@@ -71,10 +70,7 @@ mod tests {
         write_atomic(&p, b"one", SECRET_MODE).unwrap();
         write_atomic(&p, b"two", SECRET_MODE).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

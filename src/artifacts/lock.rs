@@ -41,13 +41,7 @@ impl Lock {
     /// Newest first, so error messages and `init` suggest the newest.
     pub fn kubernetes_versions(&self) -> Vec<String> {
         let mut v: Vec<String> = self.kubernetes.keys().cloned().collect();
-        v.sort_by_key(|s| {
-            std::cmp::Reverse(
-                s.split('.')
-                    .map(|p| p.parse::<u32>().unwrap_or(0))
-                    .collect::<Vec<_>>(),
-            )
-        });
+        v.sort_by_key(|s| std::cmp::Reverse(s.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>()));
         v
     }
 }

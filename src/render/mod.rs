@@ -110,10 +110,7 @@ impl Renderer {
         base.insert("api_port", &API_PORT);
         base.insert("prefix_len", &cluster.network.subnet.prefix_len());
         base.insert("init_node", &cluster.init_node().name);
-        base.insert(
-            "control_plane",
-            &cluster.control_plane().collect::<Vec<_>>(),
-        );
+        base.insert("control_plane", &cluster.control_plane().collect::<Vec<_>>());
         base.insert("bootstrap_token", secrets.bootstrap_token.as_str());
         base.insert("discovery_hash", &secrets.discovery_hash);
         base.insert("pause_image", &pins.pause_image);
@@ -208,16 +205,8 @@ impl Renderer {
             // certificates from them when they join.
             let pki = [
                 ("ca.key", &secrets.ca.key_pem, MODE_SECRET),
-                (
-                    "front-proxy-ca.crt",
-                    &secrets.front_proxy_ca.cert_pem,
-                    MODE_FILE,
-                ),
-                (
-                    "front-proxy-ca.key",
-                    &secrets.front_proxy_ca.key_pem,
-                    MODE_SECRET,
-                ),
+                ("front-proxy-ca.crt", &secrets.front_proxy_ca.cert_pem, MODE_FILE),
+                ("front-proxy-ca.key", &secrets.front_proxy_ca.key_pem, MODE_SECRET),
                 ("etcd/ca.crt", &secrets.etcd_ca.cert_pem, MODE_FILE),
                 ("etcd/ca.key", &secrets.etcd_ca.key_pem, MODE_SECRET),
                 ("sa.key", &secrets.service_account.private_pem, MODE_SECRET),
@@ -258,12 +247,7 @@ impl Renderer {
             .finalize();
         ctx.insert(
             "instance_id",
-            &format!(
-                "{}-{}-{}",
-                cluster.name,
-                node.name,
-                &hex::encode(digest)[..12]
-            ),
+            &format!("{}-{}-{}", cluster.name, node.name, &hex::encode(digest)[..12]),
         );
         let meta_data = self.template("cloud-init/meta-data", &ctx)?;
 
@@ -284,12 +268,8 @@ impl Renderer {
         ctx.insert("ignition_files", &ignition_files);
         ctx.insert("units", units);
         let ignition = self.template("ignition/config.ign", &ctx)?;
-        let ignition: serde_json::Value = serde_json::from_str(&ignition).with_context(|| {
-            format!(
-                "the Ignition template produced invalid JSON for node {}",
-                node.name
-            )
-        })?;
+        let ignition: serde_json::Value = serde_json::from_str(&ignition)
+            .with_context(|| format!("the Ignition template produced invalid JSON for node {}", node.name))?;
         let ignition = serde_json::to_string_pretty(&ignition)? + "\n";
 
         Ok(RenderedNode {
@@ -325,17 +305,10 @@ fn vrrp(cluster: &Cluster, node: &Node) -> Vrrp {
     }
 }
 
-fn b64_filter(
-    value: &tera::Value,
-    _: &std::collections::HashMap<String, tera::Value>,
-) -> tera::Result<tera::Value> {
+fn b64_filter(value: &tera::Value, _: &std::collections::HashMap<String, tera::Value>) -> tera::Result<tera::Value> {
     use base64::Engine as _;
-    let s = value
-        .as_str()
-        .ok_or_else(|| tera::Error::msg("b64 takes a string"))?;
-    Ok(tera::Value::String(
-        base64::engine::general_purpose::STANDARD.encode(s),
-    ))
+    let s = value.as_str().ok_or_else(|| tera::Error::msg("b64 takes a string"))?;
+    Ok(tera::Value::String(base64::engine::general_purpose::STANDARD.encode(s)))
 }
 
 /// tera hides the useful part of an error in its source chain.

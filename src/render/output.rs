@@ -23,8 +23,7 @@ use super::{MODE_FILE, MODE_SECRET, NodeFile, Rendered, UNIT_DIR};
 use crate::fsx::{PRIVATE_DIR_MODE, create_dir_mode};
 
 pub fn write(rendered: &Rendered, out: &Path) -> Result<Vec<PathBuf>> {
-    fs::create_dir_all(out)
-        .with_context(|| format!("creating output directory {}", out.display()))?;
+    fs::create_dir_all(out).with_context(|| format!("creating output directory {}", out.display()))?;
     let staging = tempfile::Builder::new()
         .prefix(".kubestick-render.")
         .suffix(".partial")
@@ -32,11 +31,7 @@ pub fn write(rendered: &Rendered, out: &Path) -> Result<Vec<PathBuf>> {
         .with_context(|| format!("creating a staging directory in {}", out.display()))?;
     let stage = staging.path();
 
-    put(
-        &stage.join("admin.conf"),
-        &rendered.admin_kubeconfig,
-        MODE_SECRET,
-    )?;
+    put(&stage.join("admin.conf"), &rendered.admin_kubeconfig, MODE_SECRET)?;
     create_dir_mode(&stage.join("common"), 0o755)?;
     put_tree(&stage.join("common/files"), &rendered.common_files)?;
     for unit in &rendered.units {
@@ -47,21 +42,9 @@ pub fn write(rendered: &Rendered, out: &Path) -> Result<Vec<PathBuf>> {
         let dir = stage.join(&node.name);
         // Node directories hold secrets (tokens, CA keys): private.
         create_dir_mode(&dir, PRIVATE_DIR_MODE)?;
-        put(
-            &dir.join("cloud-init/meta-data"),
-            &node.meta_data,
-            MODE_FILE,
-        )?;
-        put(
-            &dir.join("cloud-init/user-data"),
-            &node.user_data,
-            MODE_SECRET,
-        )?;
-        put(
-            &dir.join("cloud-init/network-config"),
-            &node.network_config,
-            MODE_FILE,
-        )?;
+        put(&dir.join("cloud-init/meta-data"), &node.meta_data, MODE_FILE)?;
+        put(&dir.join("cloud-init/user-data"), &node.user_data, MODE_SECRET)?;
+        put(&dir.join("cloud-init/network-config"), &node.network_config, MODE_FILE)?;
         put(&dir.join("ignition.json"), &node.ignition, MODE_SECRET)?;
         put_tree(&dir.join("files"), &node.files)?;
     }
@@ -88,11 +71,7 @@ fn put(path: &Path, contents: &str, mode: u32) -> Result<()> {
 
 fn put_tree(root: &Path, files: &[NodeFile]) -> Result<()> {
     for f in files {
-        put(
-            &root.join(f.path.trim_start_matches('/')),
-            &f.content,
-            f.mode_decimal,
-        )?;
+        put(&root.join(f.path.trim_start_matches('/')), &f.content, f.mode_decimal)?;
     }
     Ok(())
 }
@@ -102,22 +81,17 @@ fn put_tree(root: &Path, files: &[NodeFile]) -> Result<()> {
 fn replace(staged: &Path, target: &Path) -> Result<()> {
     let old = target.with_file_name(format!(
         ".{}.old-{}",
-        target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("entry"),
+        target.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
         std::process::id()
     ));
     let had_old = match fs::symlink_metadata(target) {
         Ok(_) => {
-            fs::rename(target, &old)
-                .with_context(|| format!("moving the previous {} aside", target.display()))?;
+            fs::rename(target, &old).with_context(|| format!("moving the previous {} aside", target.display()))?;
             true
         }
         Err(_) => false,
     };
-    fs::rename(staged, target)
-        .with_context(|| format!("moving the new {} into place", target.display()))?;
+    fs::rename(staged, target).with_context(|| format!("moving the new {} into place", target.display()))?;
     if had_old {
         let meta = fs::symlink_metadata(&old)?;
         if meta.is_dir() {

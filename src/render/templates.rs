@@ -18,10 +18,7 @@ pub const ALL: &[(&str, &str)] = &[
         "ignition/config.ign",
         include_str!("../../templates/ignition/config.ign"),
     ),
-    (
-        "ignition/lan.link",
-        include_str!("../../templates/ignition/lan.link"),
-    ),
+    ("ignition/lan.link", include_str!("../../templates/ignition/lan.link")),
     (
         "ignition/lan.network",
         include_str!("../../templates/ignition/lan.network"),
@@ -42,22 +39,13 @@ pub const ALL: &[(&str, &str)] = &[
         "kubeadm/cluster.yaml",
         include_str!("../../templates/kubeadm/cluster.yaml"),
     ),
-    (
-        "kubeadm/init.yaml",
-        include_str!("../../templates/kubeadm/init.yaml"),
-    ),
-    (
-        "kubeadm/join.yaml",
-        include_str!("../../templates/kubeadm/join.yaml"),
-    ),
+    ("kubeadm/init.yaml", include_str!("../../templates/kubeadm/init.yaml")),
+    ("kubeadm/join.yaml", include_str!("../../templates/kubeadm/join.yaml")),
     (
         "kubeadm/node-registration.yaml",
         include_str!("../../templates/kubeadm/node-registration.yaml"),
     ),
-    (
-        "node/node.env",
-        include_str!("../../templates/node/node.env"),
-    ),
+    ("node/node.env", include_str!("../../templates/node/node.env")),
     (
         "system/containerd.toml",
         include_str!("../../templates/system/containerd.toml"),
@@ -70,14 +58,8 @@ pub const ALL: &[(&str, &str)] = &[
         "system/modules-load.conf",
         include_str!("../../templates/system/modules-load.conf"),
     ),
-    (
-        "system/prepare",
-        include_str!("../../templates/system/prepare"),
-    ),
-    (
-        "system/sysctl.conf",
-        include_str!("../../templates/system/sysctl.conf"),
-    ),
+    ("system/prepare", include_str!("../../templates/system/prepare")),
+    ("system/sysctl.conf", include_str!("../../templates/system/sysctl.conf")),
 ];
 
 #[cfg(test)]
@@ -93,20 +75,12 @@ mod tests {
                 if path.is_dir() {
                     stack.push(path);
                 } else {
-                    on_disk.push(
-                        path.strip_prefix(&root)
-                            .unwrap()
-                            .to_string_lossy()
-                            .into_owned(),
-                    );
+                    on_disk.push(path.strip_prefix(&root).unwrap().to_string_lossy().into_owned());
                 }
             }
         }
         on_disk.sort();
         let compiled: Vec<String> = super::ALL.iter().map(|(n, _)| n.to_string()).collect();
-        assert_eq!(
-            on_disk, compiled,
-            "add new templates to src/render/templates.rs"
-        );
+        assert_eq!(on_disk, compiled, "add new templates to src/render/templates.rs");
     }
 }

@@ -62,10 +62,7 @@ pub enum SecretsError {
 /// Where the secrets of the cluster described by `cluster_file` live by default:
 /// `homelab.toml` → `homelab.secrets/` in the same directory.
 pub fn default_dir(cluster_file: &Path) -> PathBuf {
-    let stem = cluster_file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("cluster");
+    let stem = cluster_file.file_stem().and_then(|s| s.to_str()).unwrap_or("cluster");
     cluster_file.with_file_name(format!("{stem}.secrets"))
 }
 
@@ -91,9 +88,7 @@ pub fn load_or_create(dir: &Path, cluster_name: &str) -> Result<(Secrets, Origin
     let staging = tempfile::Builder::new()
         .prefix(&format!(
             ".{}.",
-            dir.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("secrets")
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("secrets")
         ))
         .suffix(".partial")
         .tempdir_in(parent)
@@ -106,8 +101,7 @@ pub fn load_or_create(dir: &Path, cluster_name: &str) -> Result<(Secrets, Origin
         }
         // Another run finished first: use its secrets, drop ours.
         Err(_) if dir.exists() => Ok((load(dir)?, Origin::Loaded)),
-        Err(e) => Err(e)
-            .with_context(|| format!("moving the new secrets into place at {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("moving the new secrets into place at {}", dir.display())),
     }
 }
 
@@ -120,8 +114,8 @@ fn write_new_state(dir: &Path, cluster_name: &str) -> Result<()> {
     // kubeadm (1.29+) binds this group to cluster-admin; unlike system:masters it can be
     // revoked by deleting that binding.
     let admin = pki::new_client(&ca, "kubernetes-admin", "kubeadm:cluster-admins", now)?;
-    let token = BootstrapToken::generate()
-        .map_err(|_| anyhow::anyhow!("the system's random number generator failed"))?;
+    let token =
+        BootstrapToken::generate().map_err(|_| anyhow::anyhow!("the system's random number generator failed"))?;
 
     fsx::create_dir_mode(dir, PRIVATE_DIR_MODE)?;
     fsx::create_dir_mode(&dir.join("pki/etcd"), PRIVATE_DIR_MODE)?;
@@ -213,10 +207,9 @@ pub fn load(dir: &Path) -> Result<Secrets> {
         key_pem: read("pki/admin.key")?,
     };
     pki::check_pair(&admin, false).map_err(|e| corrupt("pki/admin.crt", e.to_string()))?;
-    let bootstrap_token = BootstrapToken::parse(read("bootstrap-token")?.trim())
-        .map_err(|e| corrupt("bootstrap-token", e))?;
-    let discovery_hash =
-        pki::discovery_hash(&ca.cert_pem).map_err(|e| corrupt("pki/ca.crt", e.to_string()))?;
+    let bootstrap_token =
+        BootstrapToken::parse(read("bootstrap-token")?.trim()).map_err(|e| corrupt("bootstrap-token", e))?;
+    let discovery_hash = pki::discovery_hash(&ca.cert_pem).map_err(|e| corrupt("pki/ca.crt", e.to_string()))?;
 
     Ok(Secrets {
         dir: dir.to_path_buf(),
@@ -311,10 +304,7 @@ mod tests {
         fs::write(dir.join("pki/etcd/ca.key"), "garbage").unwrap();
         let err = load(&dir).unwrap_err().to_string();
         assert!(err.contains("damaged") || err.contains("missing"), "{err}");
-        assert_eq!(
-            fs::read_to_string(dir.join("pki/etcd/ca.key")).unwrap(),
-            "garbage"
-        );
+        assert_eq!(fs::read_to_string(dir.join("pki/etcd/ca.key")).unwrap(), "garbage");
     }
 
     #[test]
@@ -323,9 +313,6 @@ mod tests {
             default_dir(Path::new("/x/homelab.toml")),
             PathBuf::from("/x/homelab.secrets")
         );
-        assert_eq!(
-            default_dir(Path::new("homelab.toml")),
-            PathBuf::from("homelab.secrets")
-        );
+        assert_eq!(default_dir(Path::new("homelab.toml")), PathBuf::from("homelab.secrets"));
     }
 }

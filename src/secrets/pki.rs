@@ -3,8 +3,8 @@
 //! certificate it issues from these CAs).
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime};
@@ -76,10 +76,7 @@ pub fn new_client(
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = dn(common_name, Some(organization));
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = now - BACKDATE;
@@ -116,17 +113,11 @@ pub struct CertInfo {
 }
 
 pub fn inspect(cert_pem: &str) -> Result<CertInfo, PkiError> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| PkiError::Pem(e.to_string()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| PkiError::Pem(e.to_string()))?;
     if pem.label != "CERTIFICATE" {
-        return Err(PkiError::Pem(format!(
-            "found a `{}` block instead",
-            pem.label
-        )));
+        return Err(PkiError::Pem(format!("found a `{}` block instead", pem.label)));
     }
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| PkiError::X509(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| PkiError::X509(e.to_string()))?;
     Ok(CertInfo {
         spki_der: cert.tbs_certificate.subject_pki.raw.to_vec(),
         is_ca: cert.is_ca(),
@@ -159,10 +150,7 @@ pub fn check_key_pair(pair: &KeyPairPem) -> Result<(), PkiError> {
 /// certificate's DER SubjectPublicKeyInfo (RFC 7469 pinning).
 pub fn discovery_hash(ca_cert_pem: &str) -> Result<String, PkiError> {
     let info = inspect(ca_cert_pem)?;
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(&info.spki_der))
-    ))
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&info.spki_der))))
 }
 
 #[cfg(test)]
@@ -183,10 +171,7 @@ mod tests {
             cert_pem: ca.cert_pem.clone(),
             key_pem: admin.key_pem.clone(),
         };
-        assert!(matches!(
-            check_pair(&swapped, true),
-            Err(PkiError::KeyMismatch)
-        ));
+        assert!(matches!(check_pair(&swapped, true), Err(PkiError::KeyMismatch)));
         let hash = discovery_hash(&ca.cert_pem).unwrap();
         assert!(hash.starts_with("sha256:") && hash.len() == 7 + 64);
     }

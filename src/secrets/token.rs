@@ -27,9 +27,7 @@ impl BootstrapToken {
     }
 
     pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = |part: &str, len: usize| {
-            part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b))
-        };
+        let ok = |part: &str, len: usize| part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b));
         match s.split_once('.') {
             Some((id, secret)) if ok(id, 6) && ok(secret, 16) => Ok(BootstrapToken(s.to_string())),
             _ => Err("a bootstrap token has the form [a-z0-9]{6}.[a-z0-9]{16}".to_string()),

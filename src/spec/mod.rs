@@ -65,8 +65,7 @@ pub fn parse(path: &Path, source: &str, known_versions: &[String]) -> Result<Loa
         Ok(raw) => raw,
         Err(e) => {
             report.push(
-                Diagnostic::error("(toml)", e.span(), first_line(e.message()).to_string())
-                    .help(type_help(e.message())),
+                Diagnostic::error("(toml)", e.span(), first_line(e.message()).to_string()).help(type_help(e.message())),
             );
             return Err(InvalidFile(report).into());
         }
@@ -108,9 +107,7 @@ fn segments(path: &serde_ignored::Path) -> Vec<String> {
                 }
                 cur = parent;
             }
-            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-                cur = parent
-            }
+            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => cur = parent,
         }
     }
     out.reverse();
@@ -126,10 +123,7 @@ fn report_unknown(report: &mut Report, root: &DeTable<'_>, path: &[String]) {
     let help = match did_you_mean(key, expected) {
         Some(s) => format!("did you mean `{s}`?"),
         None if expected.is_empty() => "remove it".to_string(),
-        None => format!(
-            "remove it; the keys allowed here are: {}",
-            expected.join(", ")
-        ),
+        None => format!("remove it; the keys allowed here are: {}", expected.join(", ")),
     };
     report.push(Diagnostic::error(shown, span, format!("unknown field `{key}`")).help(help));
 }
@@ -154,10 +148,7 @@ fn key_span(root: &DeTable<'_>, parent: &[String], key: &str) -> Option<std::ops
     let mut table = root;
     let mut iter = parent.iter().peekable();
     while let Some(seg) = iter.next() {
-        let value = table
-            .iter()
-            .find(|(k, _)| k.get_ref() == seg)
-            .map(|(_, v)| v)?;
+        let value = table.iter().find(|(k, _)| k.get_ref() == seg).map(|(_, v)| v)?;
         let value = match value.get_ref() {
             DeValue::Array(items) => {
                 let idx: usize = iter.next()?.parse().ok()?;
@@ -167,10 +158,7 @@ fn key_span(root: &DeTable<'_>, parent: &[String], key: &str) -> Option<std::ops
         };
         table = value.get_ref().as_table()?;
     }
-    table
-        .iter()
-        .find(|(k, _)| k.get_ref() == key)
-        .map(|(k, _)| k.span())
+    table.iter().find(|(k, _)| k.get_ref() == key).map(|(k, _)| k.span())
 }
 
 #[cfg(test)]
@@ -184,9 +172,7 @@ mod tests {
     #[test]
     fn unknown_key_gets_line_and_suggestion() {
         let src = "[cluster]\nname = \"x\"\nkubernetes_versoin = \"1.36.4\"\n";
-        let Err(LoadError::Invalid(InvalidFile(report))) =
-            parse(Path::new("c.toml"), src, &versions())
-        else {
+        let Err(LoadError::Invalid(InvalidFile(report))) = parse(Path::new("c.toml"), src, &versions()) else {
             panic!("expected invalid")
         };
         let d = report
@@ -196,18 +182,13 @@ mod tests {
             .expect("unknown field reported");
         assert_eq!(d.path, "cluster.kubernetes_versoin");
         assert_eq!(report.line_col(d.span.clone().unwrap().start), (3, 1));
-        assert_eq!(
-            d.help.as_deref(),
-            Some("did you mean `kubernetes_version`?")
-        );
+        assert_eq!(d.help.as_deref(), Some("did you mean `kubernetes_version`?"));
     }
 
     #[test]
     fn unknown_key_in_array_of_tables() {
         let src = "[[nodes]]\nname = \"a\"\n[[nodes]]\nname = \"b\"\nipaddr = \"1.2.3.4\"\n";
-        let Err(LoadError::Invalid(InvalidFile(report))) =
-            parse(Path::new("c.toml"), src, &versions())
-        else {
+        let Err(LoadError::Invalid(InvalidFile(report))) = parse(Path::new("c.toml"), src, &versions()) else {
             panic!("expected invalid")
         };
         let d = report

@@ -68,10 +68,7 @@ pub fn plan(c: &Cluster) -> String {
         );
     }
 
-    let _ = writeln!(
-        out,
-        "\nFirst boot (in any order; nodes wait for each other):"
-    );
+    let _ = writeln!(out, "\nFirst boot (in any order; nodes wait for each other):");
     let init = c.init_node();
     for n in &c.nodes {
         let step = if n.name == init.name {
@@ -91,9 +88,10 @@ pub fn plan(c: &Cluster) -> String {
         "NAME", "ROLE", "IP", "MAC"
     );
     for n in &c.nodes {
-        let disk = n.disk.as_ref().map_or("-".to_string(), |d| {
-            format!("{} ({})", d.by_id, d.wipe.as_str())
-        });
+        let disk = n
+            .disk
+            .as_ref()
+            .map_or("-".to_string(), |d| format!("{} ({})", d.by_id, d.wipe.as_str()));
         let _ = writeln!(
             out,
             "  {:<16} {:<14} {:<16} {:<18} {disk}",

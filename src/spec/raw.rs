@@ -151,4 +151,22 @@ mod tests {
         assert!(expected_keys(&["network".into()]).contains(&"api_vip"));
         assert!(expected_keys(&["nonsense".into()]).is_empty());
     }
+
+    /// The README's cluster.toml reference lists exactly the keys serde accepts.
+    #[test]
+    fn readme_reference_matches_the_structs() {
+        let readme = include_str!("../../README.md");
+        let documented: Vec<&str> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`').map(|(key, _)| key))
+            .collect();
+        let mut accepted = Vec::new();
+        for section in expected_keys(&[]) {
+            for key in expected_keys(&[section.to_string()]) {
+                accepted.push(format!("{section}.{key}"));
+            }
+        }
+        assert_eq!(documented, accepted, "update the cluster.toml reference in README.md");
+    }
 }

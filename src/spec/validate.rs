@@ -31,11 +31,7 @@ const SSH_KEY_TYPES: &[&str] = &[
     "sk-ecdsa-sha2-nistp256@openssh.com",
 ];
 
-pub fn validate(
-    raw: &RawCluster,
-    known_versions: &[String],
-    report: &mut Report,
-) -> Option<Cluster> {
+pub fn validate(raw: &RawCluster, known_versions: &[String], report: &mut Report) -> Option<Cluster> {
     let mut v = Validator {
         report,
         addresses: HashMap::new(),
@@ -55,26 +51,12 @@ fn span<T>(s: &S<T>) -> Option<Range<usize>> {
 }
 
 impl Validator<'_> {
-    fn error(
-        &mut self,
-        path: &str,
-        span: Option<Range<usize>>,
-        msg: impl Into<String>,
-        help: impl Into<String>,
-    ) {
-        self.report
-            .push(Diagnostic::error(path, span, msg).help(help));
+    fn error(&mut self, path: &str, span: Option<Range<usize>>, msg: impl Into<String>, help: impl Into<String>) {
+        self.report.push(Diagnostic::error(path, span, msg).help(help));
     }
 
-    fn warn(
-        &mut self,
-        path: &str,
-        span: Option<Range<usize>>,
-        msg: impl Into<String>,
-        help: impl Into<String>,
-    ) {
-        self.report
-            .push(Diagnostic::warning(path, span, msg).help(help));
+    fn warn(&mut self, path: &str, span: Option<Range<usize>>, msg: impl Into<String>, help: impl Into<String>) {
+        self.report.push(Diagnostic::warning(path, span, msg).help(help));
     }
 
     fn required<'a, T>(
@@ -102,11 +84,7 @@ impl Validator<'_> {
             "cluster",
             "[cluster]\nname = \"homelab\"\nkubernetes_version = \"...\"",
         );
-        let network = self.section(
-            &raw.network,
-            "network",
-            "[network]\nsubnet = \"192.168.1.0/24\"\n...",
-        );
+        let network = self.section(&raw.network, "network", "[network]\nsubnet = \"192.168.1.0/24\"\n...");
         let admin = self.section(
             &raw.admin,
             "admin",
@@ -130,10 +108,7 @@ impl Validator<'_> {
         let storage = self.storage(&raw.storage, &nodes);
         self.control_plane_count(&nodes, raw);
 
-        let nodes: Vec<Node> = nodes
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect::<Option<Vec<_>>>()?;
+        let nodes: Vec<Node> = nodes.into_iter().map(|(_, n)| n).collect::<Option<Vec<_>>>()?;
         Some(Cluster {
             name: name?,
             kubernetes_version: version?,
@@ -148,12 +123,7 @@ impl Validator<'_> {
         })
     }
 
-    fn section<'a, T>(
-        &mut self,
-        value: &'a Option<S<T>>,
-        name: &str,
-        example: &str,
-    ) -> Option<&'a S<T>> {
+    fn section<'a, T>(&mut self, value: &'a Option<S<T>>, name: &str, example: &str) -> Option<&'a S<T>> {
         if value.is_none() {
             self.error(
                 name,
@@ -166,12 +136,7 @@ impl Validator<'_> {
     }
 
     fn cluster_name(&mut self, s: &S<RawClusterSection>) -> Option<String> {
-        let name = self.required(
-            &s.get_ref().name,
-            "cluster.name",
-            span(s),
-            "name = \"homelab\"",
-        )?;
+        let name = self.required(&s.get_ref().name, "cluster.name", span(s), "name = \"homelab\"")?;
         self.dns_label(name, "cluster.name")
     }
 
@@ -190,10 +155,7 @@ impl Validator<'_> {
         self.error(
             "cluster.kubernetes_version",
             span(raw),
-            format!(
-                "Kubernetes version `{}` is not pinned in artifacts.lock",
-                raw.get_ref()
-            ),
+            format!("Kubernetes version `{}` is not pinned in artifacts.lock", raw.get_ref()),
             format!("use one of: {list} (`kubestick lock` shows what each pins)"),
         );
         None
@@ -226,10 +188,7 @@ impl Validator<'_> {
         let problem = if s.is_empty() {
             Some("is empty".to_string())
         } else if s.len() > 63 {
-            Some(format!(
-                "is {} characters long; at most 63 are allowed",
-                s.len()
-            ))
+            Some(format!("is {} characters long; at most 63 are allowed", s.len()))
         } else if let Some(c) = s
             .chars()
             .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
@@ -259,12 +218,7 @@ impl Validator<'_> {
                 } else {
                     format!("use a hostname-style name such as \"{suggestion}\"")
                 };
-                self.error(
-                    path,
-                    span(value),
-                    format!("`{s}` is not a valid name: it {p}"),
-                    help,
-                );
+                self.error(path, span(value), format!("`{s}` is not a valid name: it {p}"), help);
                 None
             }
         }
@@ -342,10 +296,7 @@ impl Validator<'_> {
                 Some(r) => self.choice(
                     r,
                     &p("role"),
-                    &[
-                        ("control-plane", Role::ControlPlane),
-                        ("worker", Role::Worker),
-                    ],
+                    &[("control-plane", Role::ControlPlane), ("worker", Role::Worker)],
                 ),
             };
             let ip = self
@@ -397,12 +348,7 @@ impl Validator<'_> {
         out
     }
 
-    fn choice<T: Copy>(
-        &mut self,
-        value: &S<String>,
-        path: &str,
-        options: &[(&str, T)],
-    ) -> Option<T> {
+    fn choice<T: Copy>(&mut self, value: &S<String>, path: &str, options: &[(&str, T)]) -> Option<T> {
         if let Some((_, t)) = options.iter().find(|(name, _)| *name == value.get_ref()) {
             return Some(*t);
         }
@@ -424,10 +370,7 @@ impl Validator<'_> {
         self.choice(
             value,
             path,
-            &[
-                ("never", WipePolicy::Never),
-                ("if-not-osd", WipePolicy::IfNotOsd),
-            ],
+            &[("never", WipePolicy::Never), ("if-not-osd", WipePolicy::IfNotOsd)],
         )
     }
 
@@ -435,29 +378,16 @@ impl Validator<'_> {
         const PREFIX: &str = "/dev/disk/by-id/";
         let s = value.get_ref();
         let Some(id) = s.strip_prefix(PREFIX) else {
-            let help = if s.starts_with("/dev/sd")
-                || s.starts_with("/dev/nvme")
-                || s.starts_with("/dev/vd")
-            {
+            let help = if s.starts_with("/dev/sd") || s.starts_with("/dev/nvme") || s.starts_with("/dev/vd") {
                 "kernel names like /dev/sda change between boots (and the USB stick may take sda); \
                  run `ls -l /dev/disk/by-id/` on the machine and use the name that points at the SATA disk"
             } else {
                 "give the whole disk as /dev/disk/by-id/<name>, e.g. \"/dev/disk/by-id/ata-ST2000DM008-2FR102_ZFL0A1B2\""
             };
-            self.error(
-                path,
-                span(value),
-                format!("`{s}` is not under {PREFIX}"),
-                help,
-            );
+            self.error(path, span(value), format!("`{s}` is not under {PREFIX}"), help);
             return None;
         };
-        if id.is_empty()
-            || id.contains('/')
-            || id == "."
-            || id == ".."
-            || id.chars().any(char::is_whitespace)
-        {
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." || id.chars().any(char::is_whitespace) {
             self.error(
                 path,
                 span(value),
@@ -480,17 +410,18 @@ impl Validator<'_> {
             return None;
         }
         if id.starts_with("usb-") {
-            self.warn(path, span(value), "this disk is attached over USB", "the boot stick is also a USB device; make sure this names the SATA data disk, not the stick");
+            self.warn(
+                path,
+                span(value),
+                "this disk is attached over USB",
+                "the boot stick is also a USB device; make sure this names the SATA data disk, not the stick",
+            );
         }
         Some(s.clone())
     }
 
     fn mac(&mut self, value: &S<String>, path: &str) -> Option<String> {
-        let s = value
-            .get_ref()
-            .trim()
-            .to_ascii_lowercase()
-            .replace('-', ":");
+        let s = value.get_ref().trim().to_ascii_lowercase().replace('-', ":");
         let parts: Vec<&str> = s.split(':').collect();
         let well_formed = parts.len() == 6
             && parts
@@ -599,11 +530,7 @@ impl Validator<'_> {
                 format!("use an address in {subnet} (network.subnet), or correct the subnet"),
             );
         } else if subnet.prefix_len() < 31 && (ip == subnet.network() || ip == subnet.broadcast()) {
-            let what = if ip == subnet.network() {
-                "network"
-            } else {
-                "broadcast"
-            };
+            let what = if ip == subnet.network() { "network" } else { "broadcast" };
             self.error(
                 path,
                 span,
@@ -617,19 +544,10 @@ impl Validator<'_> {
         }
     }
 
-    fn network(
-        &mut self,
-        n: &S<RawNetwork>,
-        nodes: &[(Option<Range<usize>>, Option<Node>)],
-    ) -> Option<Network> {
+    fn network(&mut self, n: &S<RawNetwork>, nodes: &[(Option<Range<usize>>, Option<Node>)]) -> Option<Network> {
         let raw = n.get_ref();
         let subnet = self
-            .required(
-                &raw.subnet,
-                "network.subnet",
-                span(n),
-                "subnet = \"192.168.1.0/24\"",
-            )
+            .required(&raw.subnet, "network.subnet", span(n), "subnet = \"192.168.1.0/24\"")
             .and_then(|v| self.cidr(v, "network.subnet"));
         if let Some(subnet) = subnet {
             for (i, (_, node)) in nodes.iter().enumerate() {
@@ -639,11 +557,7 @@ impl Validator<'_> {
                 }
             }
         }
-        let addr = |v: &mut Self,
-                    field: &Option<S<String>>,
-                    path: &str,
-                    example: &str|
-         -> Option<Ipv4Addr> {
+        let addr = |v: &mut Self, field: &Option<S<String>>, path: &str, example: &str| -> Option<Ipv4Addr> {
             let value = v.required(field, path, span(n), example)?;
             let ip = v.ipv4(value, path)?;
             v.claim(ip, path, span(value));
@@ -652,18 +566,8 @@ impl Validator<'_> {
             }
             Some(ip)
         };
-        let gateway = addr(
-            self,
-            &raw.gateway,
-            "network.gateway",
-            "gateway = \"192.168.1.1\"",
-        );
-        let api_vip = addr(
-            self,
-            &raw.api_vip,
-            "network.api_vip",
-            "api_vip = \"192.168.1.10\"",
-        );
+        let gateway = addr(self, &raw.gateway, "network.gateway", "gateway = \"192.168.1.1\"");
+        let api_vip = addr(self, &raw.api_vip, "network.api_vip", "api_vip = \"192.168.1.10\"");
         let ingress_vip = match &raw.ingress_vip {
             None => Some(None),
             Some(_) => addr(self, &raw.ingress_vip, "network.ingress_vip", "").map(Some),
@@ -708,16 +612,12 @@ impl Validator<'_> {
                 .into_iter()
                 .collect::<Option<Vec<_>>>(),
         };
-        let search_domains =
-            self.string_list(&raw.search_domains, "network.search_domains", |v, s, p| {
-                v.dns_name(s, p)
-            });
+        let search_domains = self.string_list(&raw.search_domains, "network.search_domains", |v, s, p| {
+            v.dns_name(s, p)
+        });
         let ntp = self.string_list(&raw.ntp, "network.ntp", |v, s, p| {
             let host = s.get_ref();
-            let ok = !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+            let ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
             if !ok {
                 v.error(
                     p,
@@ -730,11 +630,7 @@ impl Validator<'_> {
         });
 
         let pod_cidr = self.optional_cidr(&raw.pod_cidr, "network.pod_cidr", DEFAULT_POD_CIDR);
-        let service_cidr = self.optional_cidr(
-            &raw.service_cidr,
-            "network.service_cidr",
-            DEFAULT_SERVICE_CIDR,
-        );
+        let service_cidr = self.optional_cidr(&raw.service_cidr, "network.service_cidr", DEFAULT_SERVICE_CIDR);
         let cidr_span = |field: &Option<S<String>>| field.as_ref().map(|f| f.span()).or(span(n));
         if let Some(pod) = pod_cidr {
             let n_nodes = nodes.len().max(1) as u32;
@@ -752,16 +648,17 @@ impl Validator<'_> {
         if let Some(svc) = service_cidr
             && svc.prefix_len() < MAX_SERVICE_PREFIX
         {
-            self.error("network.service_cidr", cidr_span(&raw.service_cidr), format!("{svc} is larger than Kubernetes allows for services (at most a /{MAX_SERVICE_PREFIX})"), "use e.g. \"10.96.0.0/12\"");
+            self.error(
+                "network.service_cidr",
+                cidr_span(&raw.service_cidr),
+                format!("{svc} is larger than Kubernetes allows for services (at most a /{MAX_SERVICE_PREFIX})"),
+                "use e.g. \"10.96.0.0/12\"",
+            );
         }
         let named = [
             ("network.subnet", subnet, cidr_span(&raw.subnet)),
             ("network.pod_cidr", pod_cidr, cidr_span(&raw.pod_cidr)),
-            (
-                "network.service_cidr",
-                service_cidr,
-                cidr_span(&raw.service_cidr),
-            ),
+            ("network.service_cidr", service_cidr, cidr_span(&raw.service_cidr)),
         ];
         for (i, (a_path, a, _)) in named.iter().enumerate() {
             for (b_path, b, b_span) in &named[i + 1..] {
@@ -786,12 +683,7 @@ impl Validator<'_> {
         })
     }
 
-    fn optional_cidr(
-        &mut self,
-        value: &Option<S<String>>,
-        path: &str,
-        default: &str,
-    ) -> Option<Ipv4Net> {
+    fn optional_cidr(&mut self, value: &Option<S<String>>, path: &str, default: &str) -> Option<Ipv4Net> {
         match value {
             None => default.parse().ok(),
             Some(v) => self.cidr(v, path),
@@ -818,22 +710,35 @@ impl Validator<'_> {
 
     fn admin(&mut self, a: &S<RawAdmin>) -> Option<Admin> {
         let raw = a.get_ref();
-        let user = self.required(&raw.user, "admin.user", span(a), "user = \"kube\"").and_then(|u| {
-            let s = u.get_ref();
-            let valid = !s.is_empty()
-                && s.len() <= 32
-                && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-            if !valid {
-                self.error("admin.user", span(u), format!("`{s}` is not a valid user name"), "use lowercase letters, digits, `_` and `-`, starting with a letter, e.g. \"kube\"");
-                None
-            } else if ["root", "daemon", "bin", "sys", "nobody", "systemd-network"].contains(&s.as_str()) {
-                self.error("admin.user", span(u), format!("`{s}` is a system account"), "choose your own user name, e.g. \"kube\"; it gets sudo rights");
-                None
-            } else {
-                Some(s.clone())
-            }
-        });
+        let user = self
+            .required(&raw.user, "admin.user", span(a), "user = \"kube\"")
+            .and_then(|u| {
+                let s = u.get_ref();
+                let valid = !s.is_empty()
+                    && s.len() <= 32
+                    && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && s.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+                if !valid {
+                    self.error(
+                        "admin.user",
+                        span(u),
+                        format!("`{s}` is not a valid user name"),
+                        "use lowercase letters, digits, `_` and `-`, starting with a letter, e.g. \"kube\"",
+                    );
+                    None
+                } else if ["root", "daemon", "bin", "sys", "nobody", "systemd-network"].contains(&s.as_str()) {
+                    self.error(
+                        "admin.user",
+                        span(u),
+                        format!("`{s}` is a system account"),
+                        "choose your own user name, e.g. \"kube\"; it gets sudo rights",
+                    );
+                    None
+                } else {
+                    Some(s.clone())
+                }
+            });
         let keys = match &raw.ssh_authorized_keys {
             None => Some(Vec::new()),
             Some(list) => list
@@ -848,9 +753,7 @@ impl Validator<'_> {
         if keys.as_ref().is_some_and(Vec::is_empty) {
             self.warn(
                 "admin.ssh_authorized_keys",
-                raw.ssh_authorized_keys
-                    .as_ref()
-                    .map_or(span(a), |l| span(l)),
+                raw.ssh_authorized_keys.as_ref().map_or(span(a), span),
                 "no SSH key: nobody will be able to log in to the nodes",
                 "add your public key, e.g. the contents of ~/.ssh/id_ed25519.pub",
             );
@@ -873,14 +776,12 @@ impl Validator<'_> {
             Some(format!("`{kind}` is not an SSH public key type"))
         } else {
             match base64::engine::general_purpose::STANDARD.decode(blob) {
-                Err(_) => Some(
-                    "the key data is not valid base64 (was the line cut or wrapped?)".to_string(),
-                ),
+                Err(_) => Some("the key data is not valid base64 (was the line cut or wrapped?)".to_string()),
                 Ok(bytes) => match ssh_blob_fields(&bytes) {
                     None => Some("the key data is cut short or has bytes left over (was it copied whole?)".to_string()),
-                    Some(fields) if fields.first().copied() != Some(kind.as_bytes()) => {
-                        Some(format!("the key data does not hold a {kind} key (was it copied whole?)"))
-                    }
+                    Some(fields) if fields.first().copied() != Some(kind.as_bytes()) => Some(format!(
+                        "the key data does not hold a {kind} key (was it copied whole?)"
+                    )),
                     Some(fields) if kind == "ssh-ed25519" && (fields.len() != 2 || fields[1].len() != 32) => {
                         Some("an ed25519 key holds exactly 32 bytes of key data (was it copied whole?)".to_string())
                     }
@@ -924,14 +825,15 @@ impl Validator<'_> {
         })
     }
 
-    fn ingress(
-        &mut self,
-        ingress: &Option<S<RawIngress>>,
-        network: Option<&Network>,
-    ) -> Option<Option<Ingress>> {
+    fn ingress(&mut self, ingress: &Option<S<RawIngress>>, network: Option<&Network>) -> Option<Option<Ingress>> {
         let Some(i) = ingress else {
             if network.is_some_and(|n| n.ingress_vip.is_some()) {
-                self.warn("network.ingress_vip", None, "ingress_vip is set but there is no [ingress] section, so nothing answers on it", "add [ingress] with acme_email, or remove ingress_vip");
+                self.warn(
+                    "network.ingress_vip",
+                    None,
+                    "ingress_vip is set but there is no [ingress] section, so nothing answers on it",
+                    "add [ingress] with acme_email, or remove ingress_vip",
+                );
             }
             return Some(None);
         };
@@ -940,30 +842,48 @@ impl Validator<'_> {
             None => Some("traefik"),
             Some(c) => self.choice(c, "ingress.controller", &[("traefik", "traefik")]),
         };
-        let email = self.required(&raw.acme_email, "ingress.acme_email", span(i), "acme_email = \"you@example.net\"").and_then(|e| {
-            let s = e.get_ref().trim();
-            let valid = s.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.') && !s.chars().any(char::is_whitespace)
+        let email = self
+            .required(
+                &raw.acme_email,
+                "ingress.acme_email",
+                span(i),
+                "acme_email = \"you@example.net\"",
+            )
+            .and_then(|e| {
+                let s = e.get_ref().trim();
+                let valid = s.split_once('@').is_some_and(|(local, domain)| {
+                    !local.is_empty()
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                        && !s.chars().any(char::is_whitespace)
+                });
+                if !valid {
+                    self.error(
+                        "ingress.acme_email",
+                        span(e),
+                        format!("`{s}` is not an e-mail address"),
+                        "Let's Encrypt sends expiry notices here; use a real address such as \"you@yourdomain.net\"",
+                    );
+                    return None;
+                }
+                let domain = s.rsplit('@').next().unwrap_or_default().to_ascii_lowercase();
+                if ["example.com", "example.org", "example.net"].contains(&domain.as_str()) {
+                    self.warn(
+                        "ingress.acme_email",
+                        span(e),
+                        format!("Let's Encrypt refuses addresses at {domain}"),
+                        "use an address you read; certificates will not be issued otherwise",
+                    );
+                }
+                Some(s.to_string())
             });
-            if !valid {
-                self.error("ingress.acme_email", span(e), format!("`{s}` is not an e-mail address"), "Let's Encrypt sends expiry notices here; use a real address such as \"you@yourdomain.net\"");
-                return None;
-            }
-            let domain = s.rsplit('@').next().unwrap_or_default().to_ascii_lowercase();
-            if ["example.com", "example.org", "example.net"].contains(&domain.as_str()) {
-                self.warn("ingress.acme_email", span(e), format!("Let's Encrypt refuses addresses at {domain}"), "use an address you read; certificates will not be issued otherwise");
-            }
-            Some(s.to_string())
-        });
         let server = match &raw.acme_server {
             None => Some(AcmeServer::Production),
             Some(s) => self.choice(
                 s,
                 "ingress.acme_server",
-                &[
-                    ("production", AcmeServer::Production),
-                    ("staging", AcmeServer::Staging),
-                ],
+                &[("production", AcmeServer::Production), ("staging", AcmeServer::Staging)],
             ),
         };
         if network.is_some_and(|n| n.ingress_vip.is_none()) {
@@ -987,7 +907,12 @@ impl Validator<'_> {
             .count();
         let Some(s) = storage else {
             if with_disk > 0 {
-                self.error("storage", None, "nodes name disks but there is no [storage] section", "add [storage] with provider = \"rook-ceph\" and replicas = 3, or remove the disks");
+                self.error(
+                    "storage",
+                    None,
+                    "nodes name disks but there is no [storage] section",
+                    "add [storage] with provider = \"rook-ceph\" and replicas = 3, or remove the disks",
+                );
                 return None;
             }
             return Some(None);
@@ -1012,7 +937,7 @@ impl Validator<'_> {
         };
         let any_invalid = nodes.iter().any(|(_, n)| n.is_none());
         if let Some(r) = replicas.filter(|_| !any_invalid) {
-            let at = raw.replicas.as_ref().map_or(span(s), |r| span(r));
+            let at = raw.replicas.as_ref().map_or(span(s), span);
             if with_disk == 0 {
                 self.error(
                     "storage",
@@ -1037,11 +962,7 @@ impl Validator<'_> {
         }))
     }
 
-    fn control_plane_count(
-        &mut self,
-        nodes: &[(Option<Range<usize>>, Option<Node>)],
-        raw: &RawCluster,
-    ) {
+    fn control_plane_count(&mut self, nodes: &[(Option<Range<usize>>, Option<Node>)], raw: &RawCluster) {
         let cps = nodes
             .iter()
             .filter(|(_, n)| n.as_ref().is_some_and(|n| n.role == Role::ControlPlane))
@@ -1052,7 +973,12 @@ impl Validator<'_> {
         }
         let at = raw.nodes.first().map(|n| n.span());
         if cps == 0 && !nodes.is_empty() {
-            self.error("nodes", at, "no node has role = \"control-plane\"", "make the first node (or three nodes, for high availability) role = \"control-plane\"");
+            self.error(
+                "nodes",
+                at,
+                "no node has role = \"control-plane\"",
+                "make the first node (or three nodes, for high availability) role = \"control-plane\"",
+            );
         } else if cps > 7 {
             self.error(
                 "nodes",
@@ -1124,10 +1050,7 @@ mod tests {
             Some("api_vip")
         );
         assert_eq!(did_you_mean("zzz", &["control-plane", "worker"]), None);
-        assert_eq!(
-            did_you_mean("mca", &["name", "role", "ip", "mac"]),
-            Some("mac")
-        );
+        assert_eq!(did_you_mean("mca", &["name", "role", "ip", "mac"]), Some("mac"));
         assert_eq!(
             did_you_mean("kubernetes_versoin", &["name", "kubernetes_version"]),
             Some("kubernetes_version")

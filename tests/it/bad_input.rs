@@ -46,10 +46,7 @@ fn assert_diag(stderr: &str, line_col: &str, parts: &[&str]) {
 }
 
 fn line_of(toml: &str, needle: &str) -> usize {
-    toml.lines()
-        .position(|l| l.contains(needle))
-        .expect("needle in file")
-        + 1
+    toml.lines().position(|l| l.contains(needle)).expect("needle in file") + 1
 }
 
 #[test]
@@ -107,10 +104,7 @@ fn duplicate_mac() {
     assert_diag(
         &err,
         &format!("{line}:7"),
-        &[
-            "a4:bb:6d:10:00:01 is already used by nodes[0].mac",
-            "nodes[2].mac",
-        ],
+        &["a4:bb:6d:10:00:01 is already used by nodes[0].mac", "nodes[2].mac"],
     );
 }
 
@@ -122,10 +116,7 @@ fn ip_outside_subnet() {
     assert_diag(
         &err,
         &format!("{line}:6"),
-        &[
-            "192.168.2.22 is outside the node subnet 192.168.1.0/24",
-            "nodes[1].ip",
-        ],
+        &["192.168.2.22 is outside the node subnet 192.168.1.0/24", "nodes[1].ip"],
     );
 }
 
@@ -137,10 +128,7 @@ fn vip_equal_to_a_node_ip() {
     assert_diag(
         &err,
         &format!("{line}:11"),
-        &[
-            "192.168.1.21 is already used by nodes[0].ip",
-            "network.api_vip",
-        ],
+        &["192.168.1.21 is already used by nodes[0].ip", "network.api_vip"],
     );
 }
 
@@ -152,19 +140,13 @@ fn vip_outside_subnet() {
     assert_diag(
         &err,
         &format!("{line}:11"),
-        &[
-            "10.0.0.10 is outside the node subnet 192.168.1.0/24",
-            "network.api_vip",
-        ],
+        &["10.0.0.10 is outside the node subnet 192.168.1.0/24", "network.api_vip"],
     );
 }
 
 #[test]
 fn overlapping_pod_service_and_lan_cidrs() {
-    let toml = homelab_with(
-        "service_cidr = \"10.96.0.0/12\"",
-        "service_cidr = \"10.244.128.0/17\"",
-    );
+    let toml = homelab_with("service_cidr = \"10.96.0.0/12\"", "service_cidr = \"10.244.128.0/17\"");
     let line = line_of(&toml, "service_cidr = ");
     let err = rejected(&toml);
     assert_diag(
@@ -176,10 +158,7 @@ fn overlapping_pod_service_and_lan_cidrs() {
         ],
     );
 
-    let toml = homelab_with(
-        "pod_cidr = \"10.244.0.0/16\"",
-        "pod_cidr = \"192.168.0.0/16\"",
-    );
+    let toml = homelab_with("pod_cidr = \"10.244.0.0/16\"", "pod_cidr = \"192.168.0.0/16\"");
     let line = line_of(&toml, "pod_cidr = ");
     let err = rejected(&toml);
     assert_diag(
@@ -276,11 +255,7 @@ fn invalid_hostname() {
     assert_diag(
         &err,
         &format!("{line}:8"),
-        &[
-            "`Optiplex_3` is not a valid name",
-            "nodes[2].name",
-            "\"optiplex-3\"",
-        ],
+        &["`Optiplex_3` is not a valid name", "nodes[2].name", "\"optiplex-3\""],
     );
 }
 
@@ -310,19 +285,13 @@ fn malformed_ssh_key() {
         &["malformed SSH public key", "admin.ssh_authorized_keys[0]"],
     );
 
-    let toml = homelab_with(
-        "\"ssh-ed25519 AAAA",
-        "\"-----BEGIN OPENSSH PRIVATE KEY----- AAAA",
-    );
+    let toml = homelab_with("\"ssh-ed25519 AAAA", "\"-----BEGIN OPENSSH PRIVATE KEY----- AAAA");
     assert!(rejected(&toml).contains("this is a private key"));
 }
 
 #[test]
 fn unknown_kubernetes_version() {
-    let toml = homelab_with(
-        "kubernetes_version = \"1.36.4\"",
-        "kubernetes_version = \"1.29.0\"",
-    );
+    let toml = homelab_with("kubernetes_version = \"1.36.4\"", "kubernetes_version = \"1.29.0\"");
     let line = line_of(&toml, "1.29.0");
     let err = rejected(&toml);
     assert_diag(
@@ -341,9 +310,7 @@ fn missing_required_field_points_at_its_table() {
     let toml = homelab_with("ip = \"192.168.1.22\"\n", "");
     let err = rejected(&toml);
     assert!(
-        err.contains("missing required field `ip`")
-            && err.contains("nodes[1].ip")
-            && err.contains("add `ip ="),
+        err.contains("missing required field `ip`") && err.contains("nodes[1].ip") && err.contains("add `ip ="),
         "{err}"
     );
 }
@@ -380,11 +347,7 @@ fn every_problem_is_reported_in_one_run() {
 #[test]
 fn missing_cluster_file() {
     let s = Scratch::new();
-    let assert = kubestick()
-        .arg("check")
-        .arg(s.path("nope.toml"))
-        .assert()
-        .code(2);
+    let assert = kubestick().arg("check").arg(s.path("nope.toml")).assert().code(2);
     let stderr = String::from_utf8_lossy(&assert.get_output().stderr);
     assert!(
         stderr.contains("cannot read cluster file") && stderr.contains("nope.toml"),

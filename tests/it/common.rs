@@ -104,15 +104,12 @@ pub fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// Runs a validator; panics with its output when it is missing or fails.
+/// Runs a tool; panics when it is missing.
 pub fn run_tool(program: &str, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(program)
+    std::process::Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program}: {e}; `make test-deps` installs the validators")
-        });
-    out
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; `make test-deps` installs the validators"))
 }
 
 pub fn assert_tool_ok(program: &str, args: &[&str]) {

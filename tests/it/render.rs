@@ -35,10 +35,7 @@ fn check_prints_the_plan() {
         "192.168.1.11     ingress virtual IP",
         "192.168.1.1      gateway",
     ] {
-        assert!(
-            plan.contains(expected),
-            "{expected:?} missing from:\n{plan}"
-        );
+        assert!(plan.contains(expected), "{expected:?} missing from:\n{plan}");
     }
 }
 
@@ -58,29 +55,16 @@ fn render_writes_every_node_with_private_modes() {
         assert_eq!(mode(&dir), 0o700, "{node}/ must be private");
         assert_eq!(mode(&dir.join("cloud-init/user-data")), 0o600);
         assert_eq!(mode(&dir.join("ignition.json")), 0o600);
-        assert_eq!(
-            mode(&dir.join("files/etc/kubestick/kubeadm-join.yaml")),
-            0o600
-        );
+        assert_eq!(mode(&dir.join("files/etc/kubestick/kubeadm-join.yaml")), 0o600);
     }
     assert_eq!(mode(&out.join("admin.conf")), 0o600);
+    assert!(out.join("cp-1/files/etc/kubestick/kubeadm-init.yaml").is_file());
     assert!(
-        out.join("cp-1/files/etc/kubestick/kubeadm-init.yaml")
-            .is_file()
-    );
-    assert!(
-        !out.join("cp-2/files/etc/kubestick/kubeadm-init.yaml")
-            .exists(),
+        !out.join("cp-2/files/etc/kubestick/kubeadm-init.yaml").exists(),
         "only the init node inits"
     );
-    assert_eq!(
-        mode(&out.join("cp-2/files/etc/kubernetes/pki/ca.key")),
-        0o600
-    );
-    assert_eq!(
-        mode(&out.join("common/files/usr/local/lib/kubestick/prepare")),
-        0o755
-    );
+    assert_eq!(mode(&out.join("cp-2/files/etc/kubernetes/pki/ca.key")), 0o600);
+    assert_eq!(mode(&out.join("common/files/usr/local/lib/kubestick/prepare")), 0o755);
     assert!(
         out.join("common/files/etc/systemd/system/kubestick-prepare.service")
             .is_file()
@@ -107,9 +91,7 @@ fn worker_files_hold_no_private_key() {
                 rel.display()
             );
             // Also inside the base64 of user-data and the Ignition data URLs.
-            for blob in text
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='))
-            {
+            for blob in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=')) {
                 if blob.len() > 40 {
                     use base64::Engine as _;
                     if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(blob) {
@@ -174,8 +156,7 @@ fn rendering_twice_gives_identical_bytes() {
 #[test]
 fn kubeadm_configs_point_at_the_vip_with_systemd_cgroups_and_the_pod_cidr() {
     let (_s, out) = render_example("homelab");
-    let init =
-        fs::read_to_string(out.join("optiplex-1/files/etc/kubestick/kubeadm-init.yaml")).unwrap();
+    let init = fs::read_to_string(out.join("optiplex-1/files/etc/kubestick/kubeadm-init.yaml")).unwrap();
     let docs = crate::validators::kubeadm::parse_documents(&init);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(
@@ -191,8 +172,7 @@ fn kubeadm_configs_point_at_the_vip_with_systemd_cgroups_and_the_pod_cidr() {
     assert_eq!(docs[1]["networking"]["podSubnet"], "10.244.0.0/16");
     assert_eq!(docs[2]["cgroupDriver"], "systemd");
     assert_eq!(docs[0]["nodeRegistration"]["taints"], serde_json::json!([]));
-    let join =
-        fs::read_to_string(out.join("optiplex-2/files/etc/kubestick/kubeadm-join.yaml")).unwrap();
+    let join = fs::read_to_string(out.join("optiplex-2/files/etc/kubestick/kubeadm-join.yaml")).unwrap();
     let join = &crate::validators::kubeadm::parse_documents(&join)[0];
     assert_eq!(
         join["discovery"]["bootstrapToken"]["apiServerEndpoint"],

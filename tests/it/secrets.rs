@@ -18,10 +18,7 @@ fn secrets_are_created_once_with_private_modes_and_reused() {
         .arg(&out)
         .assert()
         .success();
-    assert!(
-        String::from_utf8_lossy(&first.get_output().stderr)
-            .contains("Created the cluster's secrets")
-    );
+    assert!(String::from_utf8_lossy(&first.get_output().stderr).contains("Created the cluster's secrets"));
     let state = s.path("cluster.secrets");
     assert_eq!(mode(&state), 0o700);
     for rel in files_below(&state) {
@@ -36,9 +33,7 @@ fn secrets_are_created_once_with_private_modes_and_reused() {
         .arg(&out)
         .assert()
         .success();
-    assert!(
-        String::from_utf8_lossy(&again.get_output().stderr).contains("Using the cluster's secrets")
-    );
+    assert!(String::from_utf8_lossy(&again.get_output().stderr).contains("Using the cluster's secrets"));
     assert_eq!(fs::read(state.join("pki/ca.crt")).unwrap(), ca);
     assert_eq!(
         fs::read(out.join("optiplex-1/cloud-init/user-data")).unwrap(),
@@ -60,10 +55,7 @@ fn missing_secret_is_an_error_that_says_what_to_do() {
         .code(2);
     let err = String::from_utf8_lossy(&assert.get_output().stderr);
     assert!(err.contains("front-proxy-ca.key is missing"), "{err}");
-    assert!(
-        err.contains("restore") && err.contains("brand-new cluster"),
-        "{err}"
-    );
+    assert!(err.contains("restore") && err.contains("brand-new cluster"), "{err}");
     assert!(
         !s.path("homelab.secrets/pki/front-proxy-ca.key").exists(),
         "must not be regenerated"
@@ -119,9 +111,7 @@ fn corrupt_secret_is_an_error_that_says_what_to_do() {
         .arg(s.path("out"))
         .assert()
         .code(2);
-    assert!(
-        String::from_utf8_lossy(&assert.get_output().stderr).contains("bootstrap-token is damaged")
-    );
+    assert!(String::from_utf8_lossy(&assert.get_output().stderr).contains("bootstrap-token is damaged"));
 }
 
 /// The hash every join config pins must be what kubeadm's own docs compute with openssl.
@@ -155,8 +145,7 @@ fn discovery_hash_matches_openssl() {
     let expected = format!("sha256:{}", sum.split_whitespace().next().unwrap());
 
     for node in ["optiplex-1", "optiplex-2", "optiplex-3"] {
-        let join = fs::read_to_string(out.join(node).join("files/etc/kubestick/kubeadm-join.yaml"))
-            .unwrap();
+        let join = fs::read_to_string(out.join(node).join("files/etc/kubestick/kubeadm-join.yaml")).unwrap();
         assert!(
             join.contains(&format!("- \"{expected}\"")),
             "{node}: {expected} not pinned in\n{join}"
@@ -172,10 +161,7 @@ fn admin_kubeconfig_uses_the_vip_and_a_certificate_from_the_cluster_ca() {
     assert!(conf.contains("server: https://192.168.1.10:6443"), "{conf}");
     let field = |name: &str| -> Vec<u8> {
         use base64::Engine as _;
-        let line = conf
-            .lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap();
+        let line = conf.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
         base64::engine::general_purpose::STANDARD
             .decode(line.split(": ").nth(1).unwrap())
             .unwrap()
@@ -190,12 +176,7 @@ fn admin_kubeconfig_uses_the_vip_and_a_certificate_from_the_cluster_ca() {
     );
     assert_tool_ok(
         "openssl",
-        &[
-            "verify",
-            "-CAfile",
-            ca.to_str().unwrap(),
-            cert.to_str().unwrap(),
-        ],
+        &["verify", "-CAfile", ca.to_str().unwrap(), cert.to_str().unwrap()],
     );
     let subject = run_tool(
         "openssl",

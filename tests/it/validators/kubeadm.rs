@@ -205,29 +205,21 @@ struct JoinControlPlane {
 pub fn check(text: &str) -> Result<Vec<String>, String> {
     let mut kinds = Vec::new();
     for doc in parse_documents(text) {
-        let kind = doc["kind"]
-            .as_str()
-            .ok_or("a document has no kind")?
-            .to_string();
+        let kind = doc["kind"].as_str().ok_or("a document has no kind")?.to_string();
         let want = match kind.as_str() {
             "KubeletConfiguration" => "kubelet.config.k8s.io/v1beta1",
             "KubeProxyConfiguration" => "kubeproxy.config.k8s.io/v1alpha1",
             _ => "kubeadm.k8s.io/v1beta4",
         };
         if doc["apiVersion"] != want {
-            return Err(format!(
-                "{kind}: apiVersion {}, expected {want}",
-                doc["apiVersion"]
-            ));
+            return Err(format!("{kind}: apiVersion {}, expected {want}", doc["apiVersion"]));
         }
         let result = match kind.as_str() {
             "InitConfiguration" => serde_json::from_value::<InitConfiguration>(doc).map(drop),
             "ClusterConfiguration" => serde_json::from_value::<ClusterConfiguration>(doc).map(drop),
             "JoinConfiguration" => serde_json::from_value::<JoinConfiguration>(doc).map(drop),
             "KubeletConfiguration" => serde_json::from_value::<KubeletConfiguration>(doc).map(drop),
-            "KubeProxyConfiguration" => {
-                serde_json::from_value::<KubeProxyConfiguration>(doc).map(drop)
-            }
+            "KubeProxyConfiguration" => serde_json::from_value::<KubeProxyConfiguration>(doc).map(drop),
             other => return Err(format!("unexpected kind {other}")),
         };
         result.map_err(|e| format!("{kind}: {e}"))?;

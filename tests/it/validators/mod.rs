@@ -47,10 +47,7 @@ impl TreeTmp {
         self.inside(name)
     }
     fn inside(&self, name: &str) -> String {
-        format!(
-            "/tmp/{}/{name}",
-            self.dir.path().file_name().unwrap().to_string_lossy()
-        )
+        format!("/tmp/{}/{name}", self.dir.path().file_name().unwrap().to_string_lossy())
     }
 }
 
@@ -102,10 +99,7 @@ fn each_node(mut f: impl FnMut(&str, &Path)) {
 #[test]
 fn cloud_init_accepts_every_user_data_and_network_config() {
     each_node(|name, dir| {
-        for (kind, file) in [
-            ("cloud-config", "user-data"),
-            ("network-config", "network-config"),
-        ] {
+        for (kind, file) in [("cloud-config", "user-data"), ("network-config", "network-config")] {
             let text = fs::read_to_string(dir.join("cloud-init").join(file)).unwrap();
             let (ok, out) = cloud_init_schema(kind, &text);
             assert!(ok && out.contains("Valid schema"), "{name} {file}:\n{out}");
@@ -148,7 +142,10 @@ fn ignition_validate_accepts_every_config() {
         }
     });
     let s = Scratch::new();
-    let bad = s.write("bad.ign", r#"{"ignition":{"version":"3.3.0"},"passwd":{"users":[{"name":"kube","sshAuthorisedKeys":[]}]}}"#);
+    let bad = s.write(
+        "bad.ign",
+        r#"{"ignition":{"version":"3.3.0"},"passwd":{"users":[{"name":"kube","sshAuthorisedKeys":[]}]}}"#,
+    );
     let (_, out) = output(Command::new("ignition-validate").arg(bad));
     assert!(out.contains("Unused key sshAuthorisedKeys"), "{out}");
 }
@@ -198,9 +195,7 @@ fn systemd_analyze_verifies_every_unit() {
     let unit = common.join("etc/systemd/system/kubestick-prepare.service");
     fs::write(
         &unit,
-        fs::read_to_string(&unit)
-            .unwrap()
-            .replace("ExecStart=", "ExecStrat="),
+        fs::read_to_string(&unit).unwrap().replace("ExecStart=", "ExecStrat="),
     )
     .unwrap();
     let (ok, msg) = verify_units(&common, &["kubestick-prepare.service"]);
@@ -211,10 +206,7 @@ fn systemd_analyze_verifies_every_unit() {
 fn shellcheck_passes_every_script() {
     each_node(|name, dir| {
         let mut scripts: Vec<PathBuf> = Vec::new();
-        for root in [
-            dir.join("files"),
-            dir.parent().unwrap().join("common/files"),
-        ] {
+        for root in [dir.join("files"), dir.parent().unwrap().join("common/files")] {
             for rel in files_below(&root) {
                 let p = root.join(&rel);
                 if fs::read_to_string(&p).is_ok_and(|t| t.starts_with("#!")) {
@@ -222,10 +214,7 @@ fn shellcheck_passes_every_script() {
                 }
             }
         }
-        assert!(
-            scripts.iter().any(|p| p.ends_with("prepare")),
-            "{name}: {scripts:?}"
-        );
+        assert!(scripts.iter().any(|p| p.ends_with("prepare")), "{name}: {scripts:?}");
         let (ok, out) = output(
             Command::new("shellcheck")
                 .args(["--norc", "-x", "-S", "style", "-f", "gcc"])
@@ -241,8 +230,7 @@ fn keepalived_test(node_dir: &Path) -> (bool, String) {
     use std::os::unix::fs::PermissionsExt as _;
     let t = TreeTmp::new();
     fs::set_permissions(t.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut conf =
-        fs::read_to_string(node_dir.join("files/etc/keepalived/keepalived.conf")).unwrap();
+    let mut conf = fs::read_to_string(node_dir.join("files/etc/keepalived/keepalived.conf")).unwrap();
     for check in ["check-apiserver", "check-ingress"] {
         let script = node_dir.join("files/usr/local/lib/kubestick").join(check);
         if script.exists() {
@@ -298,8 +286,7 @@ fn kubeadm_configs_pass_the_v1beta4_schema_check() {
         );
         let init = dir.join("files/etc/kubestick/kubeadm-init.yaml");
         if init.exists() {
-            let kinds = kubeadm::check(&fs::read_to_string(init).unwrap())
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let kinds = kubeadm::check(&fs::read_to_string(init).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
                 kinds,
                 [
@@ -319,8 +306,7 @@ fn containerd_uses_systemd_cgroups_and_the_pinned_pause_image() {
     let text = fs::read_to_string(out.join("common/files/etc/containerd/config.toml")).unwrap();
     let config: toml::Table = text.parse().unwrap();
     assert_eq!(config["version"].as_integer(), Some(3));
-    let runtime =
-        &config["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"];
+    let runtime = &config["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"];
     assert_eq!(runtime["options"]["SystemdCgroup"].as_bool(), Some(true));
     assert_eq!(
         config["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
