@@ -8,13 +8,7 @@ fn rejected(toml: &str) -> String {
     let s = Scratch::new();
     let file = s.write("cluster.toml", toml);
     let out = s.path("out");
-    let assert = kubestick()
-        .arg("render")
-        .arg(&file)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .code(2);
+    let assert = render(&file, &out).code(2);
     let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
     assert!(!out.exists(), "output written despite bad input:\n{stderr}");
     assert!(

@@ -67,18 +67,17 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// `kubestick render CLUSTER -o OUT`, run to completion.
+pub fn render(cluster: &Path, out: &Path) -> assert_cmd::assert::Assert {
+    kubestick().arg("render").arg(cluster).arg("-o").arg(out).assert()
+}
+
 /// Renders `examples/<name>.toml` with its fixed secrets; returns the scratch dir and out/.
 pub fn render_example(name: &str) -> (Scratch, PathBuf) {
     let s = Scratch::new();
     let toml = s.example_with_secrets(name);
     let out = s.path("out");
-    kubestick()
-        .arg("render")
-        .arg(&toml)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .success();
+    render(&toml, &out).success();
     (s, out)
 }
 

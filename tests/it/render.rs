@@ -118,28 +118,10 @@ fn rendering_twice_gives_identical_bytes() {
     let s = Scratch::new();
     let toml = s.example_with_secrets("five-nodes");
     let (a, b) = (s.path("a"), s.path("b"));
-    kubestick()
-        .arg("render")
-        .arg(&toml)
-        .arg("-o")
-        .arg(&a)
-        .assert()
-        .success();
-    kubestick()
-        .arg("render")
-        .arg(&toml)
-        .arg("-o")
-        .arg(&b)
-        .assert()
-        .success();
+    render(&toml, &a).success();
+    render(&toml, &b).success();
     // Rendering into an existing output replaces it in place, with the same bytes.
-    kubestick()
-        .arg("render")
-        .arg(&toml)
-        .arg("-o")
-        .arg(&b)
-        .assert()
-        .success();
+    render(&toml, &b).success();
     let files = files_below(&a);
     assert_eq!(files, files_below(&b));
     assert!(files.len() > 60, "{}", files.len());

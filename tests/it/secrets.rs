@@ -11,13 +11,7 @@ fn secrets_are_created_once_with_private_modes_and_reused() {
     let s = Scratch::new();
     let file = s.write("cluster.toml", &example("homelab"));
     let out = s.path("out");
-    let first = kubestick()
-        .arg("render")
-        .arg(&file)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .success();
+    let first = render(&file, &out).success();
     assert!(String::from_utf8_lossy(&first.get_output().stderr).contains("Created the cluster's secrets"));
     let state = s.path("cluster.secrets");
     assert_eq!(mode(&state), 0o700);
@@ -26,13 +20,7 @@ fn secrets_are_created_once_with_private_modes_and_reused() {
     }
     let ca = fs::read(state.join("pki/ca.crt")).unwrap();
     let user_data = fs::read(out.join("optiplex-1/cloud-init/user-data")).unwrap();
-    let again = kubestick()
-        .arg("render")
-        .arg(&file)
-        .arg("-o")
-        .arg(&out)
-        .assert()
-        .success();
+    let again = render(&file, &out).success();
     assert!(String::from_utf8_lossy(&again.get_output().stderr).contains("Using the cluster's secrets"));
     assert_eq!(fs::read(state.join("pki/ca.crt")).unwrap(), ca);
     assert_eq!(
@@ -41,77 +29,53 @@ fn secrets_are_created_once_with_private_modes_and_reused() {
     );
 }
 
+/// Damages the fixed secrets of a copy of the homelab example, renders, expects exit 2
+/// with nothing written, and returns stderr.
+fn render_with_damaged_secrets(damage: impl FnOnce(&std::path::Path)) -> String {
+    let s = Scratch::new();
+    let file = s.example_with_secrets("homelab");
+    damage(&s.path("homelab.secrets"));
+    let assert = render(&file, &s.path("out")).code(2);
+    assert!(!s.path("out").exists());
+    String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+}
+
 #[test]
 fn missing_secret_is_an_error_that_says_what_to_do() {
+    let err = render_with_damaged_secrets(|dir| fs::remove_file(dir.join("pki/front-proxy-ca.key")).unwrap());
+    assert!(err.contains("front-proxy-ca.key is missing"), "{err}");
+    assert!(err.contains("restore") && err.contains("brand-new cluster"), "{err}");
+}
+
+#[test]
+fn missing_secret_is_not_regenerated() {
     let s = Scratch::new();
     let file = s.example_with_secrets("homelab");
     fs::remove_file(s.path("homelab.secrets/pki/front-proxy-ca.key")).unwrap();
-    let assert = kubestick()
-        .arg("render")
-        .arg(&file)
-        .arg("-o")
-        .arg(s.path("out"))
-        .assert()
-        .code(2);
-    let err = String::from_utf8_lossy(&assert.get_output().stderr);
-    assert!(err.contains("front-proxy-ca.key is missing"), "{err}");
-    assert!(err.contains("restore") && err.contains("brand-new cluster"), "{err}");
-    assert!(
-        !s.path("homelab.secrets/pki/front-proxy-ca.key").exists(),
-        "must not be regenerated"
-    );
-    assert!(!s.path("out").exists());
+    render(&file, &s.path("out")).code(2);
+    assert!(!s.path("homelab.secrets/pki/front-proxy-ca.key").exists());
 }
 
 #[test]
 fn corrupt_secret_is_an_error_that_says_what_to_do() {
-    let s = Scratch::new();
-    let file = s.example_with_secrets("homelab");
-    fs::write(
-        s.path("homelab.secrets/pki/ca.crt"),
-        "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
-    )
-    .unwrap();
-    let assert = kubestick()
-        .arg("render")
-        .arg(&file)
-        .arg("-o")
-        .arg(s.path("out"))
-        .assert()
-        .code(2);
-    let err = String::from_utf8_lossy(&assert.get_output().stderr);
+    let err = render_with_damaged_secrets(|dir| {
+        fs::write(
+            dir.join("pki/ca.crt"),
+            "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+    });
     assert!(err.contains("pki/ca.crt is damaged"), "{err}");
     // A key that belongs to another certificate is caught too.
-    let s = Scratch::new();
-    let file = s.example_with_secrets("homelab");
-    fs::copy(
-        s.path("homelab.secrets/pki/etcd/ca.key"),
-        s.path("homelab.secrets/pki/ca.key"),
-    )
-    .unwrap();
-    let assert = kubestick()
-        .arg("render")
-        .arg(&file)
-        .arg("-o")
-        .arg(s.path("out"))
-        .assert()
-        .code(2);
-    let err = String::from_utf8_lossy(&assert.get_output().stderr);
+    let err = render_with_damaged_secrets(|dir| {
+        fs::copy(dir.join("pki/etcd/ca.key"), dir.join("pki/ca.key")).unwrap();
+    });
     assert!(
         err.contains("pki/ca.crt is damaged: the private key does not belong to the certificate"),
         "{err}"
     );
-    let s = Scratch::new();
-    let file = s.example_with_secrets("homelab");
-    fs::write(s.path("homelab.secrets/bootstrap-token"), "short\n").unwrap();
-    let assert = kubestick()
-        .arg("render")
-        .arg(&file)
-        .arg("-o")
-        .arg(s.path("out"))
-        .assert()
-        .code(2);
-    assert!(String::from_utf8_lossy(&assert.get_output().stderr).contains("bootstrap-token is damaged"));
+    let err = render_with_damaged_secrets(|dir| fs::write(dir.join("bootstrap-token"), "short\n").unwrap());
+    assert!(err.contains("bootstrap-token is damaged"), "{err}");
 }
 
 /// The hash every join config pins must be what kubeadm's own docs compute with openssl.
