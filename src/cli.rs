@@ -65,7 +65,7 @@ pub fn main() -> ExitCode {
         Color::Never => false,
         Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    match run(cli) {
+    match run(cli, styled) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report_error(&err, styled),
     }
@@ -85,8 +85,7 @@ fn report_error(err: &anyhow::Error, styled: bool) -> ExitCode {
     ExitCode::from(if bad_input { 2 } else { 1 })
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let styled = matches!(cli.color, Color::Always);
+fn run(cli: Cli, styled: bool) -> Result<()> {
     match cli.command {
         Command::Init => {
             print!("{EXAMPLE}");

@@ -76,7 +76,16 @@ pub enum Origin {
 /// Loads the secrets in `dir`, creating them first if `dir` does not exist.
 pub fn load_or_create(dir: &Path, cluster_name: &str) -> Result<(Secrets, Origin)> {
     if dir.exists() {
-        return Ok((load(dir)?, Origin::Loaded));
+        // A directory someone made ahead of time (to choose its place or mode) is not a
+        // damaged state directory: fill it.
+        let empty = fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty {
+            return Ok((load(dir)?, Origin::Loaded));
+        }
+        fs::remove_dir(dir).with_context(|| format!("replacing the empty directory {}", dir.display()))?;
     }
     let parent = dir
         .parent()
@@ -305,6 +314,16 @@ mod tests {
         let err = load(&dir).unwrap_err().to_string();
         assert!(err.contains("damaged") || err.contains("missing"), "{err}");
         assert_eq!(fs::read_to_string(dir.join("pki/etcd/ca.key")).unwrap(), "garbage");
+    }
+
+    #[test]
+    fn an_empty_directory_is_filled_not_reported_as_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c.secrets");
+        fs::create_dir(&dir).unwrap();
+        let (_, origin) = load_or_create(&dir, "c").unwrap();
+        assert_eq!(origin, Origin::Created);
+        assert!(loose_permissions(&dir).is_empty());
     }
 
     #[test]
