@@ -141,15 +141,7 @@ fn kubeadm_configs_point_at_the_vip_with_systemd_cgroups_and_the_pod_cidr() {
     let init = fs::read_to_string(out.join("optiplex-1/files/etc/kubestick/kubeadm-init.yaml")).unwrap();
     let docs = crate::validators::kubeadm::parse_documents(&init);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(
-        kinds,
-        [
-            "InitConfiguration",
-            "ClusterConfiguration",
-            "KubeletConfiguration",
-            "KubeProxyConfiguration"
-        ]
-    );
+    assert_eq!(kinds, crate::validators::kubeadm::INIT_KINDS);
     assert_eq!(docs[1]["controlPlaneEndpoint"], "192.168.1.10:6443");
     assert_eq!(docs[1]["networking"]["podSubnet"], "10.244.0.0/16");
     assert_eq!(docs[2]["cgroupDriver"], "systemd");

@@ -7,6 +7,14 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The documents of the init node's config, in the order kubeadm expects them.
+pub const INIT_KINDS: [&str; 4] = [
+    "InitConfiguration",
+    "ClusterConfiguration",
+    "KubeletConfiguration",
+    "KubeProxyConfiguration",
+];
+
 pub fn parse_documents(text: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("valid YAML"))
