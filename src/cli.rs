@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::artifacts::lock::Lock;
+use crate::artifacts::cache::{Cache, Entry};
+use crate::artifacts::download::{self, Mirror, Outcome};
+use crate::artifacts::lock::{Artifact, Lock};
+use crate::artifacts::{self, refresh};
 use crate::diag::{InvalidFile, Report};
 use crate::render::{self, Pins, Renderer};
 use crate::secrets::{self, Origin, SecretsError};
@@ -43,6 +46,32 @@ pub enum Command {
         /// The cluster file
         cluster: PathBuf,
     },
+    /// Show what artifacts.lock pins: every upstream file, its digest and where the digest
+    /// was published
+    Lock {
+        /// Only the files Kubernetes VERSION needs
+        #[arg(long, value_name = "VERSION")]
+        kubernetes: Option<String>,
+        #[command(flatten)]
+        lock: LockFile,
+        #[command(subcommand)]
+        action: Option<LockAction>,
+    },
+    /// Download what a cluster needs into the verified cache (or check it with --list)
+    Fetch {
+        /// The cluster file; its Kubernetes version decides what is fetched
+        cluster: Option<PathBuf>,
+        /// Fetch for Kubernetes VERSION instead of a cluster file's [default: the newest pinned]
+        #[arg(long, value_name = "VERSION", conflicts_with = "cluster")]
+        kubernetes: Option<String>,
+        /// Show what is cached, verified or missing; download nothing
+        #[arg(long)]
+        list: bool,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        lock: LockFile,
+    },
     /// Write every node's configuration (cloud-init, Ignition, kubeadm) and the admin
     /// kubeconfig, creating the cluster's secrets on first use
     Render {
@@ -57,8 +86,68 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum LockAction {
+    /// Compare each pin with the checksum file upstream publishes (needs network access)
+    Refresh {
+        /// Update changed digests in the lock file given with --lock
+        #[arg(long, requires = "file")]
+        write: bool,
+        /// Read checksum files from this URL or directory instead of upstream hosts
+        #[arg(long, value_name = "URL|DIR")]
+        mirror: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LockFile {
+    /// Use this lock file instead of the one built into kubestick
+    #[arg(long = "lock", value_name = "FILE", id = "file")]
+    pub file: Option<PathBuf>,
+}
+
+impl LockFile {
+    fn load(&self) -> Result<Lock> {
+        match &self.file {
+            None => Ok(Lock::embedded()),
+            Some(path) => Lock::from_file(path),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// Use only the cache; fail listing what is missing
+    #[arg(long, conflicts_with = "mirror")]
+    pub offline: bool,
+    /// Fetch from this URL or directory (laid out as <mirror>/<host>/<path>) instead of upstream hosts
+    #[arg(long, value_name = "URL|DIR")]
+    pub mirror: Option<String>,
+    /// Also fetch files upstream publishes no digest for; their observed digest is recorded and shown
+    #[arg(long)]
+    pub allow_unpinned: bool,
+    /// Cache directory [default: $XDG_CACHE_HOME/kubestick or ~/.cache/kubestick]
+    #[arg(long, value_name = "DIR", env = "KUBESTICK_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// Seconds to wait for a connection, a response or the next bytes
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Attempts per file after a transient failure (timeouts, resets, 408, 429, 5xx)
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub retries: u32,
+    /// Seconds before the first retry; doubled for each further one, at most 30
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub retry_delay: f64,
+}
+
 /// Exit codes: 0 success, 1 failure, 2 bad input (the user's files need fixing).
 pub fn main() -> ExitCode {
+    // Die quietly like other Unix tools when the reader of our output goes away
+    // (`kubestick lock | head`), instead of panicking on the failed write.
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let styled = match cli.color {
         Color::Always => true,
@@ -73,7 +162,11 @@ pub fn main() -> ExitCode {
 
 fn report_error(err: &anyhow::Error, styled: bool) -> ExitCode {
     let mut stderr = std::io::stderr().lock();
-    if let Some(LoadError::Invalid(InvalidFile(report))) = err.downcast_ref::<LoadError>() {
+    let report = err.downcast_ref::<LoadError>().and_then(|e| match e {
+        LoadError::Invalid(InvalidFile(report)) => Some(report),
+        LoadError::Read { .. } => None,
+    });
+    if let Some(report) = report.or_else(|| err.downcast_ref::<InvalidFile>().map(|f| &f.0)) {
         let _ = write!(stderr, "{}", report.render(styled));
         return ExitCode::from(2);
     }
@@ -81,7 +174,7 @@ fn report_error(err: &anyhow::Error, styled: bool) -> ExitCode {
     for cause in err.chain().skip(1) {
         let _ = writeln!(stderr, "  caused by: {cause}");
     }
-    let bad_input = err.chain().any(|c| c.is::<SecretsError>() || c.is::<LoadError>());
+    let bad_input = err.chain().any(|c| c.is::<SecretsError>() || c.is::<LoadError>() || c.is::<BadInput>());
     ExitCode::from(if bad_input { 2 } else { 1 })
 }
 
@@ -93,6 +186,9 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
         }
         Command::Check { cluster } => check(&cluster, styled),
         Command::Render { cluster, output, state } => render(&cluster, &output, state, styled),
+        Command::Lock { kubernetes, lock, action: None } => show_lock(&lock.load()?, kubernetes.as_deref()),
+        Command::Lock { lock: file, action: Some(LockAction::Refresh { write, mirror }), .. } => refresh_lock(&file, write, mirror),
+        Command::Fetch { cluster, kubernetes, list, source, lock } => fetch(cluster, kubernetes, list, &source, &lock, styled),
     }
 }
 
@@ -176,6 +272,158 @@ fn render(path: &Path, output: &Path, state: Option<PathBuf>, styled: bool) -> R
         output.display()
     );
     Ok(())
+}
+
+fn show_lock(lock: &Lock, kubernetes: Option<&str>) -> Result<()> {
+    let versions = match kubernetes {
+        Some(v) => vec![known_version(lock, v)?],
+        None => lock.kubernetes_versions(),
+    };
+    for version in versions {
+        println!("Kubernetes {version} (pause image {}):", lock.kubernetes[&version].pause_image);
+        for a in lock.for_kubernetes(&version) {
+            let digest = a.digest.as_ref().map_or_else(|| format!("UNPINNED: {}", a.unpinned.as_deref().unwrap_or("")), ToString::to_string);
+            println!("  {:<34} {:<8} {digest}", a.name, a.version);
+            println!("  {:<34} {:<8} {}", "", "", a.url);
+            println!("  {:<34} {:<8} from {}", "", "", a.source);
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn known_version(lock: &Lock, v: &str) -> Result<String> {
+    let v = v.trim_start_matches('v');
+    if lock.kubernetes.contains_key(v) {
+        Ok(v.to_string())
+    } else {
+        Err(BadInput(format!("Kubernetes {v} is not pinned; the lock has {}", lock.kubernetes_versions().join(", "))).into())
+    }
+}
+
+/// A mistake on the command line (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>) -> Result<()> {
+    let lock = file.load()?;
+    let mirror = mirror.as_deref().map(Mirror::parse);
+    let checks = refresh::check_all(&lock, mirror.as_ref(), std::time::Duration::from_secs(30))?;
+    let mut changes = Vec::new();
+    let mut unavailable = 0;
+    for (i, check) in &checks {
+        let a = &lock.artifacts[*i];
+        let label = format!("{} {}", a.name, a.kubernetes.as_deref().map(|k| format!("(k8s {k})")).unwrap_or_default());
+        match check {
+            refresh::Check::Same => println!("  same       {label}"),
+            refresh::Check::NotPublished => println!("  no source  {label}: {}", a.source),
+            refresh::Check::Changed { published } => {
+                println!("  CHANGED    {label}: lock {}, published {published}", a.digest.as_ref().map_or("none".into(), ToString::to_string));
+                changes.push((*i, published.clone()));
+            }
+            refresh::Check::Unavailable { reason } => {
+                println!("  ERROR      {label}: {reason}");
+                unavailable += 1;
+            }
+        }
+    }
+    if write && !changes.is_empty() {
+        let path = file.file.as_ref().expect("clap requires --lock with --write");
+        refresh::write_changes(path, &changes)?;
+        println!("Updated {} digest(s) in {}.", changes.len(), path.display());
+    } else if !changes.is_empty() {
+        println!("{} digest(s) differ; run again with --lock FILE --write to update FILE.", changes.len());
+    }
+    if unavailable > 0 {
+        anyhow::bail!("{unavailable} checksum file(s) could not be read");
+    }
+    Ok(())
+}
+
+fn fetch(cluster: Option<PathBuf>, kubernetes: Option<String>, list: bool, source: &SourceArgs, file: &LockFile, styled: bool) -> Result<()> {
+    let lock = file.load()?;
+    let version = match (&cluster, kubernetes) {
+        (Some(path), _) => load(path, &lock, styled)?.kubernetes_version,
+        (None, Some(v)) => known_version(&lock, &v)?,
+        (None, None) => lock.kubernetes_versions().into_iter().next().context("the lock pins no Kubernetes release")?,
+    };
+    let root = match &source.cache {
+        Some(dir) => dir.clone(),
+        None => Cache::default_root()?,
+    };
+    let cache = Cache::open(&root)?;
+    if list {
+        return list_cache(&lock, &version, &cache);
+    }
+    let options = download::Options {
+        timeout: std::time::Duration::from_secs(source.timeout.max(1)),
+        retries: source.retries,
+        retry_delay: std::time::Duration::from_secs_f64(source.retry_delay.clamp(0.0, 30.0)),
+        mirror: source.mirror.as_deref().map(Mirror::parse),
+        offline: source.offline,
+        allow_unpinned: source.allow_unpinned,
+    };
+    let progress = std::io::stderr().is_terminal();
+    let results = artifacts::fetch_all(&lock, &version, &cache, options, progress)?;
+    let mut failed: Vec<(Artifact, anyhow::Error)> = Vec::new();
+    for (a, result) in results {
+        match result {
+            Ok(f) => {
+                let how = match f.outcome {
+                    Outcome::Cached => "cached".to_string(),
+                    Outcome::Downloaded { bytes, resumed_from: 0 } => format!("downloaded {}", human(bytes)),
+                    Outcome::Downloaded { bytes, resumed_from } => format!("downloaded {} (resumed at {})", human(bytes), human(resumed_from)),
+                    Outcome::Copied { bytes } => format!("copied {} from the mirror", human(bytes)),
+                };
+                if f.unpinned {
+                    println!("  !  {:<34} {how}; UNPINNED, observed {} (not verified against any published digest)", a.name, f.digest);
+                } else {
+                    println!("  ok {:<34} {how}", a.name);
+                }
+            }
+            Err(e) => {
+                println!("  -- {:<34} FAILED", a.name);
+                failed.push((a, e));
+            }
+        }
+    }
+    println!("Cache: {}", cache.root().display());
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let offline = failed.iter().all(|(_, e)| matches!(e.downcast_ref(), Some(download::FetchError::Offline { .. })));
+    let mut msg = format!("{} of the files Kubernetes {version} needs could not be fetched:", failed.len());
+    for (_, e) in &failed {
+        msg.push_str(&format!("\n  {e:#}"));
+    }
+    if offline {
+        msg.push_str("\n  fix: run `kubestick fetch` once with network access, or give --mirror URL|DIR");
+    }
+    Err(anyhow::anyhow!(msg))
+}
+
+fn list_cache(lock: &Lock, version: &str, cache: &Cache) -> Result<()> {
+    let mut missing = 0;
+    println!("Artifacts for Kubernetes {version} in {}:", cache.root().display());
+    for (a, entry) in artifacts::status(lock, version, cache)? {
+        let state = match &entry {
+            Entry::Verified { size, .. } if a.digest.is_none() => format!("cached, {} (unpinned, observed digest)", human(*size)),
+            Entry::Verified { size, .. } => format!("verified, {}", human(*size)),
+            Entry::Corrupt { actual, .. } => format!("CORRUPT (is {actual}; will be fetched again)"),
+            Entry::Missing => {
+                missing += 1;
+                "missing".to_string()
+            }
+        };
+        println!("  {:<34} {:<8} {state}", a.name, a.version);
+    }
+    println!("{missing} missing.");
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
 }
 
 #[cfg(test)]

@@ -1,11 +1,17 @@
-//! `artifacts.lock`: the pins, embedded in the binary so that a kubestick build always
-//! agrees with the lock it was released with.
+//! `artifacts.lock`: the pins. The copy in the repository is compiled into the binary, so
+//! a kubestick build always agrees with the lock it was released with; `--lock FILE`
+//! reads another (maintainers, tests).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Deserialize;
 
+use super::digest::Digest;
+use crate::diag::{Diagnostic, InvalidFile, Report};
+
 const EMBEDDED: &str = include_str!("../../artifacts.lock");
+pub const EMBEDDED_NAME: &str = "artifacts.lock (built in)";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,20 +28,110 @@ pub struct KubernetesRelease {
     pub pause_image: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A single executable.
+    Binary,
+    /// A tarball to unpack.
+    Archive,
+    /// A Kubernetes manifest applied on first boot.
+    Manifest,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Artifact {
     pub name: String,
-    /// The Kubernetes version this file belongs to.
-    pub kubernetes: String,
+    pub version: String,
+    /// The Kubernetes release this file belongs to; absent when every release uses it.
+    pub kubernetes: Option<String>,
+    pub kind: Kind,
     pub url: String,
-    pub digest: String,
+    pub size: Option<u64>,
+    /// Absent only for entries marked `unpinned`.
+    pub digest: Option<Digest>,
+    /// Why there is no digest (upstream publishes none). Such an entry is refused unless
+    /// the user opts in, and its observed digest is then reported.
+    pub unpinned: Option<String>,
+    /// Where upstream publishes this file's checksum, for `kubestick lock refresh`.
+    pub checksum_url: Option<String>,
+    /// Where the digest was taken from.
     pub source: String,
+}
+
+impl Artifact {
+    /// The file name at the end of the URL.
+    pub fn file_name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or(&self.url)
+    }
 }
 
 impl Lock {
     pub fn embedded() -> Lock {
-        toml::from_str(EMBEDDED).expect("the embedded artifacts.lock is checked by the test suite")
+        Self::parse(Path::new(EMBEDDED_NAME), EMBEDDED).expect("the built-in artifacts.lock is checked by the test suite")
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<Lock> {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading lock file {}", path.display()))?;
+        Ok(Self::parse(path, &text)?)
+    }
+
+    /// Parses and checks a lock; every problem is reported with its location.
+    pub fn parse(path: &Path, text: &str) -> Result<Lock, InvalidFile> {
+        let mut report = Report::new(path, text);
+        let lock: Lock = match toml::from_str(text) {
+            Ok(lock) => lock,
+            Err(e) => {
+                let message = e.message().lines().next().unwrap_or("invalid lock file").to_string();
+                report.push(
+                    Diagnostic::error("(lock)", e.span(), message)
+                        .help("each [[artifact]] needs name, version, kind, url, digest (or unpinned) and source"),
+                );
+                return Err(InvalidFile(report));
+            }
+        };
+        if lock.format != 1 {
+            report.push(
+                Diagnostic::error("format", None, format!("lock format {} is not understood", lock.format))
+                    .help("this kubestick reads format = 1; use the kubestick that wrote this lock"),
+            );
+        }
+        let mut seen = BTreeMap::new();
+        for (i, a) in lock.artifacts.iter().enumerate() {
+            let at = |field: &str| format!("artifact[{i}].{field}");
+            if let Some(k) = &a.kubernetes
+                && !lock.kubernetes.contains_key(k)
+            {
+                report.push(
+                    Diagnostic::error(at("kubernetes"), None, format!("`{}` names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table", a.name))
+                        .help("add the release table or correct the version"),
+                );
+            }
+            match (&a.digest, &a.unpinned) {
+                (Some(_), Some(_)) => report.push(
+                    Diagnostic::error(at("unpinned"), None, format!("`{}` has a digest and is marked unpinned", a.name))
+                        .help("remove `unpinned` now that a published digest exists"),
+                ),
+                (None, None) => report.push(
+                    Diagnostic::error(at("digest"), None, format!("`{}` has no digest", a.name))
+                        .help("add the digest upstream publishes, or `unpinned = \"why\"` if it publishes none"),
+                ),
+                _ => {}
+            }
+            if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
+                report.push(Diagnostic::error(at("url"), None, format!("`{}` is not an http(s) URL", a.url)).help("use the upstream download URL"));
+            }
+            let key = (a.name.clone(), a.kubernetes.clone());
+            if let Some(first) = seen.insert(key, i) {
+                report.push(
+                    Diagnostic::error(at("name"), None, format!("`{}` is pinned twice (also artifact[{first}])", a.name))
+                        .help("keep one entry per file and Kubernetes release"),
+                );
+            }
+        }
+        if report.has_errors() { Err(InvalidFile(report)) } else { Ok(lock) }
     }
 
     /// Newest first, so error messages and `init` suggest the newest.
@@ -44,6 +140,11 @@ impl Lock {
         v.sort_by_key(|s| std::cmp::Reverse(s.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>()));
         v
     }
+
+    /// Everything a cluster on Kubernetes `version` needs, in lock order.
+    pub fn for_kubernetes<'a>(&'a self, version: &'a str) -> impl Iterator<Item = &'a Artifact> + 'a {
+        self.artifacts.iter().filter(move |a| a.kubernetes.as_deref().is_none_or(|k| k == version))
+    }
 }
 
 #[cfg(test)]
@@ -51,28 +152,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_lock_parses_and_every_artifact_names_a_known_release() {
+    fn built_in_lock_is_valid_and_complete() {
         let lock = Lock::embedded();
-        assert_eq!(lock.format, 1);
-        assert_eq!(lock.kubernetes_versions()[0], "1.36.4");
-        for a in &lock.artifacts {
-            assert!(
-                lock.kubernetes.contains_key(&a.kubernetes),
-                "{} names unknown {}",
-                a.name,
-                a.kubernetes
-            );
-            let hex = a
-                .digest
-                .strip_prefix("sha256:")
-                .or_else(|| a.digest.strip_prefix("sha512:"));
-            assert!(
-                hex.is_some_and(|h| h.len() == 64 || h.len() == 128),
-                "{}: bad digest {}",
-                a.name,
-                a.digest
-            );
-            assert!(!a.source.is_empty());
+        assert_eq!(lock.kubernetes_versions(), ["1.36.4", "1.35.8"]);
+        for version in lock.kubernetes_versions() {
+            let names: Vec<&str> = lock.for_kubernetes(&version).map(|a| a.name.as_str()).collect();
+            for needed in ["kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins", "containerd", "runc", "kube-flannel.yml", "rook-crds.yaml", "rook-operator.yaml"] {
+                assert!(names.contains(&needed), "{version} lacks {needed}");
+            }
         }
+        // Nothing upstream publishes no digest for is silently pinned.
+        assert!(lock.artifacts.iter().all(|a| a.digest.is_some() && !a.source.is_empty()));
+    }
+
+    #[test]
+    fn malformed_lock_gets_line_and_column() {
+        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkind = \"binary\"\nurl = \"https://e/x\"\ndigest = \"sha256:zz\"\nsource = \"s\"\n";
+        let err = Lock::parse(Path::new("artifacts.lock"), text).unwrap_err();
+        let rendered = err.0.render(false);
+        assert!(rendered.contains("artifacts.lock:9:10"), "{rendered}");
+        assert!(rendered.contains("hex digits"), "{rendered}");
+    }
+
+    #[test]
+    fn semantic_problems_are_all_reported() {
+        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkubernetes = \"9.9.9\"\nkind = \"binary\"\nurl = \"ftp://e/x\"\nsource = \"s\"\n";
+        let err = Lock::parse(Path::new("l"), text).unwrap_err();
+        assert_eq!(err.0.errors(), 3, "{}", err.0.render(false));
     }
 }

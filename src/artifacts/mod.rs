@@ -1,4 +1,53 @@
-//! Stage 4: the pinned upstream files. For now, the lock that says which Kubernetes
-//! versions a cluster may name; downloading and caching build on it.
+//! Stage 4: the pinned upstream files. The lock says what a cluster needs; the cache
+//! holds verified copies; the downloader fills the cache; `extract` unpacks archives.
 
+pub mod cache;
+pub mod digest;
+pub mod download;
+pub mod extract;
 pub mod lock;
+pub mod refresh;
+
+use anyhow::Result;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use cache::{Cache, Entry};
+use download::{Fetched, Fetcher, Options};
+use lock::{Artifact, Lock};
+
+/// Fetches every artifact of Kubernetes `version` into the cache. All files are tried;
+/// the errors of those that failed are returned together.
+pub fn fetch_all(lock: &Lock, version: &str, cache: &Cache, options: Options, show_progress: bool) -> Result<Vec<(Artifact, Result<Fetched>)>> {
+    let artifacts: Vec<Artifact> = lock.for_kubernetes(version).cloned().collect();
+    let fetcher = Fetcher::new(cache, options)?;
+    let multi = MultiProgress::with_draw_target(if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let overall = multi.add(ProgressBar::new(artifacts.len() as u64));
+    overall.set_style(ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} files, {elapsed}").expect("valid template").progress_chars("=> "));
+    overall.set_prefix("all artifacts");
+    let mut results = Vec::new();
+    for artifact in artifacts {
+        let bar = multi.insert_before(&overall, ProgressBar::new(artifact.size.unwrap_or(0)));
+        bar.set_style(download::file_bar_style());
+        bar.set_prefix(artifact.name.clone());
+        let result = fetcher.fetch(&artifact, &bar);
+        bar.finish_and_clear();
+        overall.inc(1);
+        results.push((artifact, result));
+    }
+    overall.finish_and_clear();
+    Ok(results)
+}
+
+/// The state of each artifact of `version` in the cache, re-verified.
+pub fn status(lock: &Lock, version: &str, cache: &Cache) -> Result<Vec<(Artifact, Entry)>> {
+    lock.for_kubernetes(version)
+        .map(|a| {
+            let digest = a.digest.clone().or_else(|| cache.observed(&a.url));
+            let entry = match &digest {
+                Some(d) => cache.check(d)?,
+                None => Entry::Missing,
+            };
+            Ok((a.clone(), entry))
+        })
+        .collect()
+}
