@@ -91,7 +91,7 @@ pub enum LockAction {
     /// Compare each pin with the checksum file upstream publishes (needs network access)
     Refresh {
         /// Update changed digests in the lock file given with --lock
-        #[arg(long, requires = "file")]
+        #[arg(long)]
         write: bool,
         /// Read checksum files from this URL or directory instead of upstream hosts
         #[arg(long, value_name = "URL|DIR")]
@@ -102,7 +102,7 @@ pub enum LockAction {
 #[derive(Debug, clap::Args)]
 pub struct LockFile {
     /// Use this lock file instead of the one built into kubestick
-    #[arg(long = "lock", value_name = "FILE", id = "file")]
+    #[arg(long = "lock", value_name = "FILE", id = "file", global = true)]
     pub file: Option<PathBuf>,
 }
 
@@ -174,7 +174,9 @@ fn report_error(err: &anyhow::Error, styled: bool) -> ExitCode {
     for cause in err.chain().skip(1) {
         let _ = writeln!(stderr, "  caused by: {cause}");
     }
-    let bad_input = err.chain().any(|c| c.is::<SecretsError>() || c.is::<LoadError>() || c.is::<BadInput>());
+    let bad_input = err
+        .chain()
+        .any(|c| c.is::<SecretsError>() || c.is::<LoadError>() || c.is::<BadInput>());
     ExitCode::from(if bad_input { 2 } else { 1 })
 }
 
@@ -186,9 +188,23 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
         }
         Command::Check { cluster } => check(&cluster, styled),
         Command::Render { cluster, output, state } => render(&cluster, &output, state, styled),
-        Command::Lock { kubernetes, lock, action: None } => show_lock(&lock.load()?, kubernetes.as_deref()),
-        Command::Lock { lock: file, action: Some(LockAction::Refresh { write, mirror }), .. } => refresh_lock(&file, write, mirror),
-        Command::Fetch { cluster, kubernetes, list, source, lock } => fetch(cluster, kubernetes, list, &source, &lock, styled),
+        Command::Lock {
+            kubernetes,
+            lock,
+            action: None,
+        } => show_lock(&lock.load()?, kubernetes.as_deref()),
+        Command::Lock {
+            lock: file,
+            action: Some(LockAction::Refresh { write, mirror }),
+            ..
+        } => refresh_lock(&file, write, mirror),
+        Command::Fetch {
+            cluster,
+            kubernetes,
+            list,
+            source,
+            lock,
+        } => fetch(cluster, kubernetes, list, &source, &lock, styled),
     }
 }
 
@@ -280,9 +296,15 @@ fn show_lock(lock: &Lock, kubernetes: Option<&str>) -> Result<()> {
         None => lock.kubernetes_versions(),
     };
     for version in versions {
-        println!("Kubernetes {version} (pause image {}):", lock.kubernetes[&version].pause_image);
+        println!(
+            "Kubernetes {version} (pause image {}):",
+            lock.kubernetes[&version].pause_image
+        );
         for a in lock.for_kubernetes(&version) {
-            let digest = a.digest.as_ref().map_or_else(|| format!("UNPINNED: {}", a.unpinned.as_deref().unwrap_or("")), ToString::to_string);
+            let digest = a.digest.as_ref().map_or_else(
+                || format!("UNPINNED: {}", a.unpinned.as_deref().unwrap_or("")),
+                ToString::to_string,
+            );
             println!("  {:<34} {:<8} {digest}", a.name, a.version);
             println!("  {:<34} {:<8} {}", "", "", a.url);
             println!("  {:<34} {:<8} from {}", "", "", a.source);
@@ -297,7 +319,11 @@ fn known_version(lock: &Lock, v: &str) -> Result<String> {
     if lock.kubernetes.contains_key(v) {
         Ok(v.to_string())
     } else {
-        Err(BadInput(format!("Kubernetes {v} is not pinned; the lock has {}", lock.kubernetes_versions().join(", "))).into())
+        Err(BadInput(format!(
+            "Kubernetes {v} is not pinned; the lock has {}",
+            lock.kubernetes_versions().join(", ")
+        ))
+        .into())
     }
 }
 
@@ -307,6 +333,12 @@ fn known_version(lock: &Lock, v: &str) -> Result<String> {
 pub struct BadInput(pub String);
 
 fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>) -> Result<()> {
+    if write && file.file.is_none() {
+        return Err(BadInput(
+            "--write needs the lock file to update: `kubestick lock refresh --write --lock artifacts.lock`".into(),
+        )
+        .into());
+    }
     let lock = file.load()?;
     let mirror = mirror.as_deref().map(Mirror::parse);
     let checks = refresh::check_all(&lock, mirror.as_ref(), std::time::Duration::from_secs(30))?;
@@ -314,12 +346,22 @@ fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>) -> Result<
     let mut unavailable = 0;
     for (i, check) in &checks {
         let a = &lock.artifacts[*i];
-        let label = format!("{} {}", a.name, a.kubernetes.as_deref().map(|k| format!("(k8s {k})")).unwrap_or_default());
+        let label = format!(
+            "{} {}",
+            a.name,
+            a.kubernetes
+                .as_deref()
+                .map(|k| format!("(k8s {k})"))
+                .unwrap_or_default()
+        );
         match check {
             refresh::Check::Same => println!("  same       {label}"),
             refresh::Check::NotPublished => println!("  no source  {label}: {}", a.source),
             refresh::Check::Changed { published } => {
-                println!("  CHANGED    {label}: lock {}, published {published}", a.digest.as_ref().map_or("none".into(), ToString::to_string));
+                println!(
+                    "  CHANGED    {label}: lock {}, published {published}",
+                    a.digest.as_ref().map_or("none".into(), ToString::to_string)
+                );
                 changes.push((*i, published.clone()));
             }
             refresh::Check::Unavailable { reason } => {
@@ -329,11 +371,14 @@ fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>) -> Result<
         }
     }
     if write && !changes.is_empty() {
-        let path = file.file.as_ref().expect("clap requires --lock with --write");
+        let path = file.file.as_ref().expect("checked above");
         refresh::write_changes(path, &changes)?;
         println!("Updated {} digest(s) in {}.", changes.len(), path.display());
     } else if !changes.is_empty() {
-        println!("{} digest(s) differ; run again with --lock FILE --write to update FILE.", changes.len());
+        println!(
+            "{} digest(s) differ; run again with --lock FILE --write to update FILE.",
+            changes.len()
+        );
     }
     if unavailable > 0 {
         anyhow::bail!("{unavailable} checksum file(s) could not be read");
@@ -341,12 +386,23 @@ fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>) -> Result<
     Ok(())
 }
 
-fn fetch(cluster: Option<PathBuf>, kubernetes: Option<String>, list: bool, source: &SourceArgs, file: &LockFile, styled: bool) -> Result<()> {
+fn fetch(
+    cluster: Option<PathBuf>,
+    kubernetes: Option<String>,
+    list: bool,
+    source: &SourceArgs,
+    file: &LockFile,
+    styled: bool,
+) -> Result<()> {
     let lock = file.load()?;
     let version = match (&cluster, kubernetes) {
         (Some(path), _) => load(path, &lock, styled)?.kubernetes_version,
         (None, Some(v)) => known_version(&lock, &v)?,
-        (None, None) => lock.kubernetes_versions().into_iter().next().context("the lock pins no Kubernetes release")?,
+        (None, None) => lock
+            .kubernetes_versions()
+            .into_iter()
+            .next()
+            .context("the lock pins no Kubernetes release")?,
     };
     let root = match &source.cache {
         Some(dir) => dir.clone(),
@@ -373,11 +429,16 @@ fn fetch(cluster: Option<PathBuf>, kubernetes: Option<String>, list: bool, sourc
                 let how = match f.outcome {
                     Outcome::Cached => "cached".to_string(),
                     Outcome::Downloaded { bytes, resumed_from: 0 } => format!("downloaded {}", human(bytes)),
-                    Outcome::Downloaded { bytes, resumed_from } => format!("downloaded {} (resumed at {})", human(bytes), human(resumed_from)),
+                    Outcome::Downloaded { bytes, resumed_from } => {
+                        format!("downloaded {} (resumed at {})", human(bytes), human(resumed_from))
+                    }
                     Outcome::Copied { bytes } => format!("copied {} from the mirror", human(bytes)),
                 };
                 if f.unpinned {
-                    println!("  !  {:<34} {how}; UNPINNED, observed {} (not verified against any published digest)", a.name, f.digest);
+                    println!(
+                        "  !  {:<34} {how}; UNPINNED, observed {} (not verified against any published digest)",
+                        a.name, f.digest
+                    );
                 } else {
                     println!("  ok {:<34} {how}", a.name);
                 }
@@ -392,8 +453,13 @@ fn fetch(cluster: Option<PathBuf>, kubernetes: Option<String>, list: bool, sourc
     if failed.is_empty() {
         return Ok(());
     }
-    let offline = failed.iter().all(|(_, e)| matches!(e.downcast_ref(), Some(download::FetchError::Offline { .. })));
-    let mut msg = format!("{} of the files Kubernetes {version} needs could not be fetched:", failed.len());
+    let offline = failed
+        .iter()
+        .all(|(_, e)| matches!(e.downcast_ref(), Some(download::FetchError::Offline { .. })));
+    let mut msg = format!(
+        "{} of the files Kubernetes {version} needs could not be fetched:",
+        failed.len()
+    );
     for (_, e) in &failed {
         msg.push_str(&format!("\n  {e:#}"));
     }
@@ -408,7 +474,9 @@ fn list_cache(lock: &Lock, version: &str, cache: &Cache) -> Result<()> {
     println!("Artifacts for Kubernetes {version} in {}:", cache.root().display());
     for (a, entry) in artifacts::status(lock, version, cache)? {
         let state = match &entry {
-            Entry::Verified { size, .. } if a.digest.is_none() => format!("cached, {} (unpinned, observed digest)", human(*size)),
+            Entry::Verified { size, .. } if a.digest.is_none() => {
+                format!("cached, {} (unpinned, observed digest)", human(*size))
+            }
             Entry::Verified { size, .. } => format!("verified, {}", human(*size)),
             Entry::Corrupt { actual, .. } => format!("CORRUPT (is {actual}; will be fetched again)"),
             Entry::Missing => {

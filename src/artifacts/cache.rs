@@ -33,9 +33,15 @@ pub struct Cache {
 /// What a look into the cache found for one digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
-    Verified { path: PathBuf, size: u64 },
+    Verified {
+        path: PathBuf,
+        size: u64,
+    },
     /// Present but its bytes no longer match: never used, replaced on the next fetch.
-    Corrupt { path: PathBuf, actual: Digest },
+    Corrupt {
+        path: PathBuf,
+        actual: Digest,
+    },
     Missing,
 }
 
@@ -45,21 +51,24 @@ impl Cache {
         if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
             return Ok(PathBuf::from(x).join("kubestick"));
         }
-        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context(
-            "cannot find a cache directory: neither XDG_CACHE_HOME nor HOME is set; pass --cache DIR",
-        )?;
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .context("cannot find a cache directory: neither XDG_CACHE_HOME nor HOME is set; pass --cache DIR")?;
         Ok(PathBuf::from(home).join(".cache/kubestick"))
     }
 
     pub fn open(root: &Path) -> Result<Cache> {
         for sub in ["sha256", "sha512", "partial", "locks", "observed"] {
-            fs::create_dir_all(root.join(sub)).with_context(|| format!("creating cache directory {}", root.join(sub).display()))?;
+            fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("creating cache directory {}", root.join(sub).display()))?;
         }
         let tag = root.join("CACHEDIR.TAG");
         if !tag.exists() {
             crate::fsx::write_atomic(&tag, TAG.as_bytes(), crate::fsx::PUBLIC_MODE)?;
         }
-        Ok(Cache { root: root.to_path_buf() })
+        Ok(Cache {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -71,12 +80,17 @@ impl Cache {
     }
 
     pub fn partial_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("partial").join(format!("{}-{}", d.algorithm.as_str(), d.hex))
+        self.root
+            .join("partial")
+            .join(format!("{}-{}", d.algorithm.as_str(), d.hex))
     }
 
     /// Blocks until this process is the only one writing `d`; released when dropped.
     pub fn lock(&self, d: &Digest) -> Result<File> {
-        let path = self.root.join("locks").join(format!("{}-{}.lock", d.algorithm.as_str(), d.hex));
+        let path = self
+            .root
+            .join("locks")
+            .join(format!("{}-{}.lock", d.algorithm.as_str(), d.hex));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -97,13 +111,18 @@ impl Cache {
         };
         let (actual, size) = digest::of_reader(d.algorithm, std::io::BufReader::with_capacity(digest::BUFFER, file))
             .with_context(|| format!("reading {}", path.display()))?;
-        Ok(if &actual == d { Entry::Verified { path, size } } else { Entry::Corrupt { path, actual } })
+        Ok(if &actual == d {
+            Entry::Verified { path, size }
+        } else {
+            Entry::Corrupt { path, actual }
+        })
     }
 
     /// Moves a fully verified partial download into place, read-only.
     pub fn commit(&self, partial: &Path, d: &Digest) -> Result<PathBuf> {
         let file = File::open(partial).with_context(|| format!("opening {}", partial.display()))?;
-        file.sync_all().with_context(|| format!("flushing {}", partial.display()))?;
+        file.sync_all()
+            .with_context(|| format!("flushing {}", partial.display()))?;
         fs::set_permissions(partial, fs::Permissions::from_mode(0o444))?;
         let path = self.path(d);
         fs::rename(partial, &path).with_context(|| format!("moving {} into the cache", partial.display()))?;
@@ -121,16 +140,27 @@ impl Cache {
     }
 
     fn observed_path(&self, url: &str) -> PathBuf {
-        self.root.join("observed").join(hex::encode(sha2::Sha256::digest(url.as_bytes())))
+        self.root
+            .join("observed")
+            .join(hex::encode(sha2::Sha256::digest(url.as_bytes())))
     }
 
     /// The digest recorded for an unpinned URL the user opted in to.
     pub fn observed(&self, url: &str) -> Option<Digest> {
-        fs::read_to_string(self.observed_path(url)).ok()?.lines().next()?.parse().ok()
+        fs::read_to_string(self.observed_path(url))
+            .ok()?
+            .lines()
+            .next()?
+            .parse()
+            .ok()
     }
 
     pub fn record_observed(&self, url: &str, d: &Digest) -> Result<()> {
-        crate::fsx::write_atomic(&self.observed_path(url), format!("{d}\n{url}\n").as_bytes(), crate::fsx::PUBLIC_MODE)
+        crate::fsx::write_atomic(
+            &self.observed_path(url),
+            format!("{d}\n{url}\n").as_bytes(),
+            crate::fsx::PUBLIC_MODE,
+        )
     }
 }
 
@@ -147,7 +177,13 @@ mod tests {
         assert_eq!(cache.check(&d).unwrap(), Entry::Missing);
         fs::write(cache.partial_path(&d), b"hello").unwrap();
         let path = cache.commit(&cache.partial_path(&d), &d).unwrap();
-        assert_eq!(cache.check(&d).unwrap(), Entry::Verified { path: path.clone(), size: 5 });
+        assert_eq!(
+            cache.check(&d).unwrap(),
+            Entry::Verified {
+                path: path.clone(),
+                size: 5
+            }
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&path, b"jello").unwrap();
         assert!(matches!(cache.check(&d).unwrap(), Entry::Corrupt { .. }));

@@ -46,16 +46,24 @@ impl FromStr for Digest {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (alg, hex) = s.split_once(':').ok_or_else(|| format!("`{s}` is not `sha256:<hex>` or `sha512:<hex>`"))?;
+        let (alg, hex) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not `sha256:<hex>` or `sha512:<hex>`"))?;
         let algorithm = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
             other => return Err(format!("unsupported digest algorithm `{other}`: use sha256 or sha512")),
         };
         if hex.len() != algorithm.hex_len() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("`{s}` does not have {} hex digits after `{alg}:`", algorithm.hex_len()));
+            return Err(format!(
+                "`{s}` does not have {} hex digits after `{alg}:`",
+                algorithm.hex_len()
+            ));
         }
-        Ok(Digest { algorithm, hex: hex.to_ascii_lowercase() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_ascii_lowercase(),
+        })
     }
 }
 
@@ -89,8 +97,14 @@ impl Hasher {
 
     pub fn finish(self) -> Digest {
         match self {
-            Hasher::Sha256(h) => Digest { algorithm: Algorithm::Sha256, hex: hex::encode(h.finalize()) },
-            Hasher::Sha512(h) => Digest { algorithm: Algorithm::Sha512, hex: hex::encode(h.finalize()) },
+            Hasher::Sha256(h) => Digest {
+                algorithm: Algorithm::Sha256,
+                hex: hex::encode(h.finalize()),
+            },
+            Hasher::Sha512(h) => Digest {
+                algorithm: Algorithm::Sha512,
+                hex: hex::encode(h.finalize()),
+            },
         }
     }
 }
@@ -120,8 +134,13 @@ mod tests {
 
     #[test]
     fn parses_and_computes() {
-        let d: Digest = "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855".parse().unwrap();
-        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        let d: Digest = "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(of_reader(Algorithm::Sha256, &b""[..]).unwrap().0, d);
         assert!("md5:abc".parse::<Digest>().is_err());
         assert!("sha256:abc".parse::<Digest>().is_err());

@@ -66,16 +66,30 @@ impl Default for Options {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{url}: the server answered {status}; expected the file {name}")]
-    Http { name: String, url: String, status: StatusCode },
+    Http {
+        name: String,
+        url: String,
+        status: StatusCode,
+    },
     #[error(
         "{url}: digest mismatch for {name}: the lock expects {expected}, the download is {actual}; \
          the file was discarded (a changed upstream file or a bad mirror; never used)"
     )]
-    Mismatch { name: String, url: String, expected: Digest, actual: Digest },
+    Mismatch {
+        name: String,
+        url: String,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("{url}: {name} is larger than the {expected} bytes the lock records; the download was discarded")]
     TooLarge { name: String, url: String, expected: u64 },
     #[error("{url}: gave up on {name} after {attempts} attempts; last error: {last}")]
-    GaveUp { name: String, url: String, attempts: u32, last: String },
+    GaveUp {
+        name: String,
+        url: String,
+        attempts: u32,
+        last: String,
+    },
     #[error("{name} is not in the cache and --offline forbids downloading it ({url})")]
     Offline { name: String, url: String },
     #[error(
@@ -130,7 +144,9 @@ impl<'a> Fetcher<'a> {
 
     /// Makes sure `artifact` is in the cache, verified; `bar` shows the bytes.
     pub fn fetch(&self, artifact: &Artifact, bar: &ProgressBar) -> Result<Fetched> {
-        let Some(expected) = &artifact.digest else { return self.fetch_unpinned(artifact, bar) };
+        let Some(expected) = &artifact.digest else {
+            return self.fetch_unpinned(artifact, bar);
+        };
         if let Some(f) = self.cached(expected)? {
             return Ok(f);
         }
@@ -140,17 +156,31 @@ impl<'a> Fetcher<'a> {
             return Ok(f);
         }
         if self.options.offline {
-            return Err(FetchError::Offline { name: artifact.name.clone(), url: artifact.url.clone() }.into());
+            return Err(FetchError::Offline {
+                name: artifact.name.clone(),
+                url: artifact.url.clone(),
+            }
+            .into());
         }
         let partial = self.cache.partial_path(expected);
         let outcome = self.fill(artifact, &partial, expected.algorithm, bar, Some(expected))?;
         let path = self.cache.commit(&partial, expected)?;
-        Ok(Fetched { path, digest: expected.clone(), outcome, unpinned: false })
+        Ok(Fetched {
+            path,
+            digest: expected.clone(),
+            outcome,
+            unpinned: false,
+        })
     }
 
     fn cached(&self, d: &Digest) -> Result<Option<Fetched>> {
         match self.cache.check(d)? {
-            Entry::Verified { path, .. } => Ok(Some(Fetched { path, digest: d.clone(), outcome: Outcome::Cached, unpinned: false })),
+            Entry::Verified { path, .. } => Ok(Some(Fetched {
+                path,
+                digest: d.clone(),
+                outcome: Outcome::Cached,
+                unpinned: false,
+            })),
             Entry::Corrupt { .. } => {
                 self.cache.evict(d)?;
                 Ok(None)
@@ -162,7 +192,12 @@ impl<'a> Fetcher<'a> {
     fn fetch_unpinned(&self, artifact: &Artifact, bar: &ProgressBar) -> Result<Fetched> {
         let why = artifact.unpinned.clone().unwrap_or_default();
         if !self.options.allow_unpinned {
-            return Err(FetchError::Unpinned { name: artifact.name.clone(), url: artifact.url.clone(), why }.into());
+            return Err(FetchError::Unpinned {
+                name: artifact.name.clone(),
+                url: artifact.url.clone(),
+                why,
+            }
+            .into());
         }
         if let Some(d) = self.cache.observed(&artifact.url)
             && let Some(mut f) = self.cached(&d)?
@@ -171,7 +206,11 @@ impl<'a> Fetcher<'a> {
             return Ok(f);
         }
         if self.options.offline {
-            return Err(FetchError::Offline { name: artifact.name.clone(), url: artifact.url.clone() }.into());
+            return Err(FetchError::Offline {
+                name: artifact.name.clone(),
+                url: artifact.url.clone(),
+            }
+            .into());
         }
         let staging = tempfile::Builder::new()
             .prefix("unpinned-")
@@ -183,11 +222,23 @@ impl<'a> Fetcher<'a> {
         staging.persist(&partial).context("keeping the download")?;
         let path = self.cache.commit(&partial, &observed)?;
         self.cache.record_observed(&artifact.url, &observed)?;
-        Ok(Fetched { path, digest: observed, outcome, unpinned: true })
+        Ok(Fetched {
+            path,
+            digest: observed,
+            outcome,
+            unpinned: true,
+        })
     }
 
     /// Fills `partial` with the artifact's bytes and checks them against `expected`.
-    fn fill(&self, artifact: &Artifact, partial: &Path, alg: Algorithm, bar: &ProgressBar, expected: Option<&Digest>) -> Result<Outcome> {
+    fn fill(
+        &self,
+        artifact: &Artifact,
+        partial: &Path,
+        alg: Algorithm,
+        bar: &ProgressBar,
+        expected: Option<&Digest>,
+    ) -> Result<Outcome> {
         let (outcome, actual, url) = match locate(&artifact.url, self.options.mirror.as_ref()) {
             Location::File(path) => {
                 let (d, bytes) = self.copy_from_mirror(artifact, &path, partial, alg, bar)?;
@@ -202,52 +253,100 @@ impl<'a> Fetcher<'a> {
             && &actual != expected
         {
             let _ = fs::remove_file(partial);
-            return Err(FetchError::Mismatch { name: artifact.name.clone(), url, expected: expected.clone(), actual }.into());
+            return Err(FetchError::Mismatch {
+                name: artifact.name.clone(),
+                url,
+                expected: expected.clone(),
+                actual,
+            }
+            .into());
         }
         Ok(outcome)
     }
 
-    fn copy_from_mirror(&self, artifact: &Artifact, source: &Path, partial: &Path, alg: Algorithm, bar: &ProgressBar) -> Result<(Digest, u64)> {
+    fn copy_from_mirror(
+        &self,
+        artifact: &Artifact,
+        source: &Path,
+        partial: &Path,
+        alg: Algorithm,
+        bar: &ProgressBar,
+    ) -> Result<(Digest, u64)> {
         let input = match File::open(source) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(FetchError::MirrorMissing { name: artifact.name.clone(), path: source.to_path_buf() }.into());
+                return Err(FetchError::MirrorMissing {
+                    name: artifact.name.clone(),
+                    path: source.to_path_buf(),
+                }
+                .into());
             }
             Err(e) => return Err(e).with_context(|| format!("opening {}", source.display())),
         };
         bar.set_length(input.metadata()?.len());
         let mut out = File::create(partial).with_context(|| format!("creating {}", partial.display()))?;
         let mut hasher = Hasher::new(alg);
-        let bytes = copy_hashing(&mut bar.wrap_read(input), &mut out, &mut hasher, artifact.size.map(|s| (s, &artifact.name, source.display().to_string())))
-            .map_err(|e| match e {
-                CopyError::Read(e) | CopyError::Write(e) => anyhow::Error::new(e).context(format!("copying {}", source.display())),
-                CopyError::TooLarge(e) => e.into(),
-            })?;
+        let bytes = copy_hashing(
+            &mut bar.wrap_read(input),
+            &mut out,
+            &mut hasher,
+            artifact.size.map(|s| (s, &artifact.name, source.display().to_string())),
+        )
+        .map_err(|e| match e {
+            CopyError::Read(e) | CopyError::Write(e) => {
+                anyhow::Error::new(e).context(format!("copying {}", source.display()))
+            }
+            CopyError::TooLarge(e) => e.into(),
+        })?;
         Ok((hasher.finish(), bytes))
     }
 
     /// Downloads `url` into `partial`, resuming what an earlier attempt (or run) left.
-    fn download(&self, artifact: &Artifact, url: &str, partial: &Path, alg: Algorithm, bar: &ProgressBar) -> Result<(Digest, u64, u64)> {
+    fn download(
+        &self,
+        artifact: &Artifact,
+        url: &str,
+        partial: &Path,
+        alg: Algorithm,
+        bar: &ProgressBar,
+    ) -> Result<(Digest, u64, u64)> {
         let attempts = self.options.retries + 1;
         let mut last = String::new();
-        let first_offset = fs::metadata(partial).map_or(0, |m| m.len());
         for attempt in 1..=attempts {
             if attempt > 1 {
-                let pause = self.options.retry_delay.saturating_mul(1 << (attempt - 2).min(16)).min(MAX_BACKOFF);
+                let pause = self
+                    .options
+                    .retry_delay
+                    .saturating_mul(1 << (attempt - 2).min(16))
+                    .min(MAX_BACKOFF);
                 bar.set_message(format!("retrying in {:.1}s: {last}", pause.as_secs_f64()));
                 std::thread::sleep(pause);
                 bar.set_message(String::new());
             }
             match self.attempt(artifact, url, partial, alg, bar) {
-                Ok((digest, total)) => return Ok((digest, total, first_offset)),
+                Ok((digest, total, resumed_from)) => return Ok((digest, total, resumed_from)),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(why)) => last = why,
             }
         }
-        Err(FetchError::GaveUp { name: artifact.name.clone(), url: url.to_string(), attempts, last }.into())
+        Err(FetchError::GaveUp {
+            name: artifact.name.clone(),
+            url: url.to_string(),
+            attempts,
+            last,
+        }
+        .into())
     }
 
-    fn attempt(&self, artifact: &Artifact, url: &str, partial: &Path, alg: Algorithm, bar: &ProgressBar) -> Result<(Digest, u64), Attempt> {
+    /// One request; returns the digest, the total size and the offset it resumed from.
+    fn attempt(
+        &self,
+        artifact: &Artifact,
+        url: &str,
+        partial: &Path,
+        alg: Algorithm,
+        bar: &ProgressBar,
+    ) -> Result<(Digest, u64, u64), Attempt> {
         let fatal = |e: anyhow::Error| Attempt::Fatal(e);
         let mut offset = fs::metadata(partial).map_or(0, |m| m.len());
         let mut request = self.client.get(url);
@@ -262,12 +361,23 @@ impl<'a> Fetcher<'a> {
             // The partial file is no use to this server (changed, or already whole): start over.
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 let _ = fs::remove_file(partial);
-                return Err(Attempt::Retry("the server refused to resume; starting over".to_string()));
+                return Err(Attempt::Retry(
+                    "the server refused to resume; starting over".to_string(),
+                ));
             }
             s if s == StatusCode::REQUEST_TIMEOUT || s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
                 return Err(Attempt::Retry(format!("the server answered {s}")));
             }
-            s => return Err(fatal(FetchError::Http { name: artifact.name.clone(), url: url.to_string(), status: s }.into())),
+            s => {
+                return Err(fatal(
+                    FetchError::Http {
+                        name: artifact.name.clone(),
+                        url: url.to_string(),
+                        status: s,
+                    }
+                    .into(),
+                ));
+            }
         }
         let remaining = response.content_length();
         let mut hasher = Hasher::new(alg);
@@ -289,11 +399,17 @@ impl<'a> Fetcher<'a> {
         .map_err(|e| fatal(anyhow::Error::new(e).context(format!("writing {}", partial.display()))))?;
         bar.set_length(remaining.map_or(artifact.size.unwrap_or(0), |r| r + offset));
         bar.set_position(offset);
-        let limit = artifact.size.map(|s| (s.saturating_sub(offset), &artifact.name, url.to_string()));
+        let limit = artifact
+            .size
+            .map(|s| (s.saturating_sub(offset), &artifact.name, url.to_string()));
         let received = match copy_hashing(&mut bar.wrap_read(response), &mut out, &mut hasher, limit) {
             Ok(n) => n,
             Err(CopyError::Read(e)) => return Err(Attempt::Retry(format!("the connection failed mid-file: {e}"))),
-            Err(CopyError::Write(e)) => return Err(fatal(anyhow::Error::new(e).context(format!("writing {}", partial.display())))),
+            Err(CopyError::Write(e)) => {
+                return Err(fatal(
+                    anyhow::Error::new(e).context(format!("writing {}", partial.display())),
+                ));
+            }
             Err(CopyError::TooLarge(e)) => {
                 let _ = fs::remove_file(partial);
                 return Err(fatal(e.into()));
@@ -302,10 +418,12 @@ impl<'a> Fetcher<'a> {
         if let Some(expected) = remaining
             && received < expected
         {
-            return Err(Attempt::Retry(format!("the body ended after {received} of {expected} bytes")));
+            return Err(Attempt::Retry(format!(
+                "the body ended after {received} of {expected} bytes"
+            )));
         }
         out.flush().map_err(|e| fatal(e.into()))?;
-        Ok((hasher.finish(), offset + received))
+        Ok((hasher.finish(), offset + received, offset))
     }
 }
 
@@ -334,7 +452,12 @@ enum CopyError {
 
 /// Copies while hashing; stops with `TooLarge` once more than `limit.0` bytes arrive, so a
 /// wrong or hostile source cannot fill the disk.
-fn copy_hashing(input: &mut impl Read, out: &mut File, hasher: &mut Hasher, limit: Option<(u64, &String, String)>) -> Result<u64, CopyError> {
+fn copy_hashing(
+    input: &mut impl Read,
+    out: &mut File,
+    hasher: &mut Hasher,
+    limit: Option<(u64, &String, String)>,
+) -> Result<u64, CopyError> {
     let mut buf = vec![0u8; digest::BUFFER];
     let mut total = 0u64;
     loop {
@@ -348,7 +471,11 @@ fn copy_hashing(input: &mut impl Read, out: &mut File, hasher: &mut Hasher, limi
         if let Some((max, name, url)) = &limit
             && total > *max
         {
-            return Err(CopyError::TooLarge(FetchError::TooLarge { name: name.to_string(), url: url.clone(), expected: *max }));
+            return Err(CopyError::TooLarge(FetchError::TooLarge {
+                name: name.to_string(),
+                url: url.clone(),
+                expected: *max,
+            }));
         }
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(CopyError::Write)?;

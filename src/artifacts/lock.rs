@@ -69,7 +69,8 @@ impl Artifact {
 
 impl Lock {
     pub fn embedded() -> Lock {
-        Self::parse(Path::new(EMBEDDED_NAME), EMBEDDED).expect("the built-in artifacts.lock is checked by the test suite")
+        Self::parse(Path::new(EMBEDDED_NAME), EMBEDDED)
+            .expect("the built-in artifacts.lock is checked by the test suite")
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Lock> {
@@ -105,14 +106,25 @@ impl Lock {
                 && !lock.kubernetes.contains_key(k)
             {
                 report.push(
-                    Diagnostic::error(at("kubernetes"), None, format!("`{}` names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table", a.name))
-                        .help("add the release table or correct the version"),
+                    Diagnostic::error(
+                        at("kubernetes"),
+                        None,
+                        format!(
+                            "`{}` names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table",
+                            a.name
+                        ),
+                    )
+                    .help("add the release table or correct the version"),
                 );
             }
             match (&a.digest, &a.unpinned) {
                 (Some(_), Some(_)) => report.push(
-                    Diagnostic::error(at("unpinned"), None, format!("`{}` has a digest and is marked unpinned", a.name))
-                        .help("remove `unpinned` now that a published digest exists"),
+                    Diagnostic::error(
+                        at("unpinned"),
+                        None,
+                        format!("`{}` has a digest and is marked unpinned", a.name),
+                    )
+                    .help("remove `unpinned` now that a published digest exists"),
                 ),
                 (None, None) => report.push(
                     Diagnostic::error(at("digest"), None, format!("`{}` has no digest", a.name))
@@ -121,17 +133,28 @@ impl Lock {
                 _ => {}
             }
             if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
-                report.push(Diagnostic::error(at("url"), None, format!("`{}` is not an http(s) URL", a.url)).help("use the upstream download URL"));
+                report.push(
+                    Diagnostic::error(at("url"), None, format!("`{}` is not an http(s) URL", a.url))
+                        .help("use the upstream download URL"),
+                );
             }
             let key = (a.name.clone(), a.kubernetes.clone());
             if let Some(first) = seen.insert(key, i) {
                 report.push(
-                    Diagnostic::error(at("name"), None, format!("`{}` is pinned twice (also artifact[{first}])", a.name))
-                        .help("keep one entry per file and Kubernetes release"),
+                    Diagnostic::error(
+                        at("name"),
+                        None,
+                        format!("`{}` is pinned twice (also artifact[{first}])", a.name),
+                    )
+                    .help("keep one entry per file and Kubernetes release"),
                 );
             }
         }
-        if report.has_errors() { Err(InvalidFile(report)) } else { Ok(lock) }
+        if report.has_errors() {
+            Err(InvalidFile(report))
+        } else {
+            Ok(lock)
+        }
     }
 
     /// Newest first, so error messages and `init` suggest the newest.
@@ -143,7 +166,9 @@ impl Lock {
 
     /// Everything a cluster on Kubernetes `version` needs, in lock order.
     pub fn for_kubernetes<'a>(&'a self, version: &'a str) -> impl Iterator<Item = &'a Artifact> + 'a {
-        self.artifacts.iter().filter(move |a| a.kubernetes.as_deref().is_none_or(|k| k == version))
+        self.artifacts
+            .iter()
+            .filter(move |a| a.kubernetes.as_deref().is_none_or(|k| k == version))
     }
 }
 
@@ -157,12 +182,27 @@ mod tests {
         assert_eq!(lock.kubernetes_versions(), ["1.36.4", "1.35.8"]);
         for version in lock.kubernetes_versions() {
             let names: Vec<&str> = lock.for_kubernetes(&version).map(|a| a.name.as_str()).collect();
-            for needed in ["kubeadm", "kubelet", "kubectl", "crictl", "cni-plugins", "containerd", "runc", "kube-flannel.yml", "rook-crds.yaml", "rook-operator.yaml"] {
+            for needed in [
+                "kubeadm",
+                "kubelet",
+                "kubectl",
+                "crictl",
+                "cni-plugins",
+                "containerd",
+                "runc",
+                "kube-flannel.yml",
+                "rook-crds.yaml",
+                "rook-operator.yaml",
+            ] {
                 assert!(names.contains(&needed), "{version} lacks {needed}");
             }
         }
         // Nothing upstream publishes no digest for is silently pinned.
-        assert!(lock.artifacts.iter().all(|a| a.digest.is_some() && !a.source.is_empty()));
+        assert!(
+            lock.artifacts
+                .iter()
+                .all(|a| a.digest.is_some() && !a.source.is_empty())
+        );
     }
 
     #[test]

@@ -17,12 +17,26 @@ use lock::{Artifact, Lock};
 
 /// Fetches every artifact of Kubernetes `version` into the cache. All files are tried;
 /// the errors of those that failed are returned together.
-pub fn fetch_all(lock: &Lock, version: &str, cache: &Cache, options: Options, show_progress: bool) -> Result<Vec<(Artifact, Result<Fetched>)>> {
+pub fn fetch_all(
+    lock: &Lock,
+    version: &str,
+    cache: &Cache,
+    options: Options,
+    show_progress: bool,
+) -> Result<Vec<(Artifact, Result<Fetched>)>> {
     let artifacts: Vec<Artifact> = lock.for_kubernetes(version).cloned().collect();
     let fetcher = Fetcher::new(cache, options)?;
-    let multi = MultiProgress::with_draw_target(if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let multi = MultiProgress::with_draw_target(if show_progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
     let overall = multi.add(ProgressBar::new(artifacts.len() as u64));
-    overall.set_style(ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} files, {elapsed}").expect("valid template").progress_chars("=> "));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} files, {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     overall.set_prefix("all artifacts");
     let mut results = Vec::new();
     for artifact in artifacts {

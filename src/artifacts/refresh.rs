@@ -14,8 +14,12 @@ use super::lock::{Artifact, Lock};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
     Same,
-    Changed { published: Digest },
-    Unavailable { reason: String },
+    Changed {
+        published: Digest,
+    },
+    Unavailable {
+        reason: String,
+    },
     /// No `checksum_url`: pinned from a computed source (a git blob), nothing to compare.
     NotPublished,
 }
@@ -31,7 +35,11 @@ pub fn parse_checksum_file(text: &str, file_name: &str) -> Option<Digest> {
         };
         format!("{}:{hex}", algorithm.as_str()).parse().ok()
     };
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
     if let [only] = lines.as_slice()
         && !only.contains(char::is_whitespace)
     {
@@ -56,11 +64,18 @@ pub fn check_all(lock: &Lock, mirror: Option<&Mirror>, timeout: std::time::Durat
         .connect_timeout(timeout)
         .timeout(timeout)
         .build()?;
-    Ok(lock.artifacts.iter().enumerate().map(|(i, a)| (i, check_one(&client, a, mirror))).collect())
+    Ok(lock
+        .artifacts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i, check_one(&client, a, mirror)))
+        .collect())
 }
 
 fn check_one(client: &Client, artifact: &Artifact, mirror: Option<&Mirror>) -> Check {
-    let Some(url) = &artifact.checksum_url else { return Check::NotPublished };
+    let Some(url) = &artifact.checksum_url else {
+        return Check::NotPublished;
+    };
     let text = match locate(url, mirror) {
         Location::File(path) => std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display())),
         Location::Url(url) => client
@@ -75,7 +90,9 @@ fn check_one(client: &Client, artifact: &Artifact, mirror: Option<&Mirror>) -> C
         Err(reason) => return Check::Unavailable { reason },
     };
     match parse_checksum_file(&text, artifact.file_name()) {
-        None => Check::Unavailable { reason: format!("{url} lists no digest for {}", artifact.file_name()) },
+        None => Check::Unavailable {
+            reason: format!("{url} lists no digest for {}", artifact.file_name()),
+        },
         Some(published) if Some(&published) == artifact.digest.as_ref() => Check::Same,
         Some(published) => Check::Changed { published },
     }
@@ -89,8 +106,14 @@ pub fn write_changes(path: &Path, changes: &[(usize, Digest)]) -> Result<()> {
         bail!("{} has no [[artifact]] tables", path.display());
     };
     for (index, digest) in changes {
-        let table = tables.get_mut(*index).with_context(|| format!("{} has no artifact {index}", path.display()))?;
-        let checksum_url = table.get("checksum_url").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let table = tables
+            .get_mut(*index)
+            .with_context(|| format!("{} has no artifact {index}", path.display()))?;
+        let checksum_url = table
+            .get("checksum_url")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
         table["digest"] = toml_edit::value(digest.to_string());
         table["source"] = toml_edit::value(format!("published at {checksum_url}"));
     }
@@ -107,10 +130,16 @@ mod tests {
     fn checksum_file_formats() {
         let want: Digest = format!("sha256:{HEX}").parse().unwrap();
         assert_eq!(parse_checksum_file(&format!("{HEX}\n"), "kubeadm"), Some(want.clone()));
-        assert_eq!(parse_checksum_file(&format!("{HEX}  kubeadm\n"), "kubeadm"), Some(want.clone()));
+        assert_eq!(
+            parse_checksum_file(&format!("{HEX}  kubeadm\n"), "kubeadm"),
+            Some(want.clone())
+        );
         let many = format!("{}  runc.arm64\n{HEX} *runc.amd64\n", "0".repeat(64));
         assert_eq!(parse_checksum_file(&many, "runc.amd64"), Some(want.clone()));
-        assert_eq!(parse_checksum_file(&format!("SHA256 (x.tgz) = {HEX}\n"), "x.tgz"), Some(want));
+        assert_eq!(
+            parse_checksum_file(&format!("SHA256 (x.tgz) = {HEX}\n"), "x.tgz"),
+            Some(want)
+        );
         assert_eq!(parse_checksum_file(&many, "runc.s390x"), None);
         assert_eq!(parse_checksum_file("not a digest\n", "x"), None);
     }

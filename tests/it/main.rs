@@ -3,6 +3,8 @@
 
 mod bad_input;
 mod common;
+mod fetch;
+mod http_server;
 mod render;
 mod secrets;
 mod snapshots;
