@@ -38,6 +38,7 @@ pub fn fetch_all(
             .progress_chars("=> "),
     );
     overall.set_prefix("all artifacts");
+    overall.enable_steady_tick(std::time::Duration::from_millis(250));
     let mut results = Vec::new();
     for artifact in artifacts {
         let bar = multi.insert_before(&overall, ProgressBar::new(artifact.size.unwrap_or(0)));
