@@ -101,6 +101,15 @@ pub enum FetchError {
     MirrorMissing { name: String, path: PathBuf },
 }
 
+impl FetchError {
+    fn offline(artifact: &Artifact) -> Self {
+        FetchError::Offline {
+            name: artifact.name.clone(),
+            url: artifact.url.clone(),
+        }
+    }
+}
+
 /// How a file got into the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -156,11 +165,7 @@ impl<'a> Fetcher<'a> {
             return Ok(f);
         }
         if self.options.offline {
-            return Err(FetchError::Offline {
-                name: artifact.name.clone(),
-                url: artifact.url.clone(),
-            }
-            .into());
+            return Err(FetchError::offline(artifact).into());
         }
         let partial = self.cache.partial_path(expected);
         let outcome = self.fill(artifact, &partial, expected.algorithm, bar, Some(expected))?;
@@ -206,11 +211,7 @@ impl<'a> Fetcher<'a> {
             return Ok(f);
         }
         if self.options.offline {
-            return Err(FetchError::Offline {
-                name: artifact.name.clone(),
-                url: artifact.url.clone(),
-            }
-            .into());
+            return Err(FetchError::offline(artifact).into());
         }
         let staging = tempfile::Builder::new()
             .prefix("unpinned-")
