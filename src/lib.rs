@@ -6,6 +6,7 @@
 pub mod artifacts;
 pub mod cli;
 pub mod diag;
+pub mod flash;
 pub mod fsx;
 pub mod render;
 pub mod secrets;

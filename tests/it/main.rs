@@ -4,6 +4,7 @@
 mod bad_input;
 mod common;
 mod fetch;
+mod flash;
 mod http_server;
 mod render;
 mod secrets;

@@ -1,0 +1,1 @@
+//! Writing a node image to a USB stick (being written).

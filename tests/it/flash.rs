@@ -1,0 +1,1 @@
+//! `kubestick flash` tests (being written).
