@@ -44,6 +44,7 @@ fn main() {
         version: "1".into(),
         kubernetes: None,
         kind: Kind::Binary,
+        install: "/usr/local/bin/payload".into(),
         url: server.url("/payload"),
         size: Some(SIZE as u64),
         digest: Some(digest.clone()),

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod diag;
 pub mod flash;
 pub mod fsx;
+pub mod progress;
 pub mod render;
+pub mod rootfs;
 pub mod secrets;
 pub mod spec;

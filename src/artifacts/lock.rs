@@ -47,6 +47,9 @@ pub struct Artifact {
     /// The Kubernetes release this file belongs to; absent when every release uses it.
     pub kubernetes: Option<String>,
     pub kind: Kind,
+    /// Where it lands in the node image: a file path for binaries and manifests, the
+    /// directory an archive is unpacked into.
+    pub install: String,
     pub url: String,
     pub size: Option<u64>,
     /// Absent only for entries marked `unpinned`.
@@ -132,6 +135,12 @@ impl Lock {
                 ),
                 _ => {}
             }
+            if !a.install.starts_with('/') || a.install.split('/').any(|c| c == "..") {
+                report.push(
+                    Diagnostic::error(at("install"), None, format!("`{}` is not an absolute path in the image", a.install))
+                        .help("give where the file lands on the node, e.g. \"/usr/local/bin/kubeadm\""),
+                );
+            }
             if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
                 report.push(
                     Diagnostic::error(at("url"), None, format!("`{}` is not an http(s) URL", a.url))
@@ -207,16 +216,16 @@ mod tests {
 
     #[test]
     fn malformed_lock_gets_line_and_column() {
-        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkind = \"binary\"\nurl = \"https://e/x\"\ndigest = \"sha256:zz\"\nsource = \"s\"\n";
+        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"https://e/x\"\ndigest = \"sha256:zz\"\nsource = \"s\"\n";
         let err = Lock::parse(Path::new("artifacts.lock"), text).unwrap_err();
         let rendered = err.0.render(false);
-        assert!(rendered.contains("artifacts.lock:9:10"), "{rendered}");
+        assert!(rendered.contains("artifacts.lock:10:10"), "{rendered}");
         assert!(rendered.contains("hex digits"), "{rendered}");
     }
 
     #[test]
     fn semantic_problems_are_all_reported() {
-        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkubernetes = \"9.9.9\"\nkind = \"binary\"\nurl = \"ftp://e/x\"\nsource = \"s\"\n";
+        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkubernetes = \"9.9.9\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"ftp://e/x\"\nsource = \"s\"\n";
         let err = Lock::parse(Path::new("l"), text).unwrap_err();
         assert_eq!(err.0.errors(), 3, "{}", err.0.render(false));
     }

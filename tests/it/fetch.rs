@@ -26,7 +26,7 @@ fn write_lock(s: &Scratch, artifacts: &[(&str, String, Option<String>)]) -> Path
     );
     for (name, url, digest) in artifacts {
         text.push_str(&format!(
-            "\n[[artifact]]\nname = \"{name}\"\nversion = \"1\"\nkind = \"binary\"\nurl = \"{url}\"\n"
+            "\n[[artifact]]\nname = \"{name}\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/usr/local/bin/{name}\"\nurl = \"{url}\"\n"
         ));
         match digest {
             Some(d) => text.push_str(&format!("digest = \"{d}\"\nchecksum_url = \"{url}.sha256\"\n")),
@@ -404,14 +404,14 @@ fn concurrent_runs_share_one_download() {
 #[test]
 fn a_malformed_lock_gets_line_and_column() {
     let s = Scratch::new();
-    let lock = s.write("artifacts.lock", "format = 1\n[kubernetes.\"1.36.4\"]\npause_image = \"p\"\n\n[[artifact]]\nname = \"kubeadm\"\nversion = \"1\"\nkind = \"binary\"\nurl = \"https://x/y\"\ndigest = \"sha256:1234\"\nsource = \"s\"\n");
+    let lock = s.write("artifacts.lock", "format = 1\n[kubernetes.\"1.36.4\"]\npause_image = \"p\"\n\n[[artifact]]\nname = \"kubeadm\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/y\"\nurl = \"https://x/y\"\ndigest = \"sha256:1234\"\nsource = \"s\"\n");
     let err = stderr(&fetch(&s, &lock, &[]).code(2));
     assert!(
-        err.contains("artifacts.lock:10:10") && err.contains("hex digits"),
+        err.contains("artifacts.lock:11:10") && err.contains("hex digits"),
         "{err}"
     );
     let err = stderr(&kubestick().arg("lock").arg("--lock").arg(&lock).assert().code(2));
-    assert!(err.contains("artifacts.lock:10:10"), "{err}");
+    assert!(err.contains("artifacts.lock:11:10"), "{err}");
 }
 
 #[test]
