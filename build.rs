@@ -34,8 +34,18 @@ fn walk(root: &Path, dir: &Path, entries: &mut Vec<(String, String)>) {
         } else if meta.is_dir() {
             walk(root, &path, entries);
         } else {
-            let mode = if meta.permissions().mode() & 0o111 != 0 { "0o755" } else { "0o644" };
-            entries.push((rel, format!("Overlay::File {{ mode: {mode}, data: include_bytes!({:?}) }}", path.display().to_string())));
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                "0o755"
+            } else {
+                "0o644"
+            };
+            entries.push((
+                rel,
+                format!(
+                    "Overlay::File {{ mode: {mode}, data: include_bytes!({:?}) }}",
+                    path.display().to_string()
+                ),
+            ));
         }
     }
 }

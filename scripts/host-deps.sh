@@ -3,7 +3,8 @@
 # (as root). Idempotent: does nothing, and touches no network, when all are present.
 #
 #   mmdebstrap          builds the Debian trixie base root filesystem
-#   e2fsprogs >= 1.47.2 mke2fs -d from a tarball (rootless ext4); bookworm-backports on Debian 12
+#   e2fsprogs >= 1.47.2 mke2fs -d from a tarball (rootless ext4; bookworm-backports on Debian 12),
+#                       with libarchive13, which mke2fs loads to read tarballs
 #   qemu-system-x86, ovmf, qemu-utils   the QEMU rehearsal
 #   mtools, dosfstools, fdisk, zstd, curl   checks and benchmarks
 set -euo pipefail
@@ -18,7 +19,7 @@ e2fs_ok() {
   dpkg --compare-versions "$v" ge 1.47.2
 }
 
-packages=(mmdebstrap qemu-system-x86 ovmf qemu-utils mtools dosfstools fdisk zstd curl ca-certificates)
+packages=(mmdebstrap libarchive13 qemu-system-x86 ovmf qemu-utils mtools dosfstools fdisk zstd curl ca-certificates)
 missing=()
 for p in "${packages[@]}"; do pkg_installed "$p" || missing+=("$p"); done
 

@@ -11,10 +11,10 @@ use crate::artifacts::cache::{Cache, Entry};
 use crate::artifacts::download::{self, Mirror, Outcome};
 use crate::artifacts::lock::{Artifact, Lock};
 use crate::artifacts::{self, refresh};
-use crate::diag::{InvalidFile, Report};
-use crate::render::{self, Pins, Renderer};
-use crate::secrets::{self, Origin, SecretsError};
-use crate::spec::{self, Cluster, LoadError};
+use crate::diag::InvalidFile;
+use crate::render::Rendered;
+use crate::secrets::SecretsError;
+use crate::spec::{self, LoadError};
 
 const EXAMPLE: &str = include_str!("../examples/homelab.toml");
 
@@ -45,6 +45,25 @@ pub enum Command {
     Check {
         /// The cluster file
         cluster: PathBuf,
+    },
+    /// Build one bootable disk image per node (out/<node>.img), out/SHA256SUMS, the rendered
+    /// configuration and the admin kubeconfig
+    Build {
+        /// The cluster file
+        cluster: PathBuf,
+        /// Output directory
+        #[arg(short, long, default_value = "out")]
+        output: PathBuf,
+        /// Where the cluster's secrets live [default: <cluster file without .toml>.secrets/ beside it]
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Debian mirror for the base root filesystem
+        #[arg(long, value_name = "URL", default_value = crate::rootfs::base::DEFAULT_MIRROR)]
+        debian_mirror: String,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        lock: LockFile,
     },
     /// Show what artifacts.lock pins: every upstream file, its digest and where the digest
     /// was published
@@ -187,7 +206,24 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
             Ok(())
         }
         Command::Check { cluster } => check(&cluster, styled),
-        Command::Render { cluster, output, state } => render(&cluster, &output, state, styled),
+        Command::Render { cluster, output, state } => render(&cluster, &output, state, styled).map(drop),
+        Command::Build {
+            cluster,
+            output,
+            state,
+            debian_mirror,
+            source,
+            lock,
+        } => crate::build::run(&crate::build::Request {
+            cluster: &cluster,
+            output: &output,
+            state,
+            debian_mirror: &debian_mirror,
+            fetch: download_options(&source),
+            cache: source.cache.clone(),
+            lock: lock.load()?,
+            styled,
+        }),
         Command::Lock {
             kubernetes,
             lock,
@@ -208,86 +244,21 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
     }
 }
 
-/// Loads and validates the cluster file, printing warnings (errors end the run).
-fn load(path: &Path, lock: &Lock, styled: bool) -> Result<Cluster> {
-    let loaded = spec::load(path, &lock.kubernetes_versions())?;
-    print_warnings(&loaded.report, styled);
-    Ok(loaded.cluster)
-}
-
-fn print_warnings(report: &Report, styled: bool) {
-    if !report.diagnostics.is_empty() {
-        eprint!("{}", report.render(styled));
-    }
-}
-
 fn check(path: &Path, styled: bool) -> Result<()> {
     let lock = Lock::embedded();
-    let cluster = load(path, &lock, styled)?;
+    let cluster = crate::build::load_cluster(path, &lock, styled)?;
     print!("{}", spec::plan(&cluster));
     Ok(())
 }
 
-fn render(path: &Path, output: &Path, state: Option<PathBuf>, styled: bool) -> Result<()> {
+fn render(path: &Path, output: &Path, state: Option<PathBuf>, styled: bool) -> Result<Rendered> {
     let lock = Lock::embedded();
-    let cluster = load(path, &lock, styled)?;
-    let state = state.unwrap_or_else(|| secrets::default_dir(path));
-    let (secrets, origin) = secrets::load_or_create(&state, &cluster.name)?;
-    for loose in secrets::loose_permissions(&state) {
-        eprintln!(
-            "warning: {} can be read by other users; run `chmod -R go= {}`",
-            loose.display(),
-            state.display()
-        );
-    }
-    let release = &lock.kubernetes[&cluster.kubernetes_version];
-    let pins = Pins {
-        pause_image: release.pause_image.clone(),
-    };
-    let rendered = Renderer::new()?.render(&cluster, &secrets, &pins)?;
-    render::output::write(&rendered, output)
-        .with_context(|| format!("writing the rendered files to {}", output.display()))?;
-
-    match origin {
-        Origin::Created => eprintln!(
-            "Created the cluster's secrets in {} (back it up; keep it private).",
-            state.display()
-        ),
-        Origin::Loaded => eprintln!("Using the cluster's secrets in {}.", state.display()),
-    }
-    println!(
-        "Rendered {} node{} into {}:",
-        rendered.nodes.len(),
-        if rendered.nodes.len() == 1 { "" } else { "s" },
-        output.display()
-    );
-    for node in &rendered.nodes {
-        println!(
-            "  {}/{}/  cloud-init/, ignition.json, files/ ({} files)",
-            output.display(),
-            node.name,
-            node.files.len()
-        );
-    }
-    println!(
-        "  {}/common/files/  shared by every node ({} files)",
-        output.display(),
-        rendered.common_files.len()
-    );
-    let expires = secrets
-        .admin_expires()
-        .map(|t| format!(", certificate valid until {}", t.date()))
-        .unwrap_or_default();
-    println!(
-        "  {}/admin.conf  admin kubeconfig for {}{expires}",
-        output.display(),
-        cluster.api_server_url()
-    );
+    let rendered = crate::build::render_stage(path, output, state, &lock, styled)?;
     println!(
         "These files contain the cluster's secrets (mode 0600); keep {} private.",
         output.display()
     );
-    Ok(())
+    Ok(rendered)
 }
 
 fn show_lock(lock: &Lock, kubernetes: Option<&str>) -> Result<()> {
@@ -396,7 +367,7 @@ fn fetch(
 ) -> Result<()> {
     let lock = file.load()?;
     let version = match (&cluster, kubernetes) {
-        (Some(path), _) => load(path, &lock, styled)?.kubernetes_version,
+        (Some(path), _) => crate::build::load_cluster(path, &lock, styled)?.kubernetes_version,
         (None, Some(v)) => known_version(&lock, &v)?,
         (None, None) => lock
             .kubernetes_versions()
@@ -412,16 +383,8 @@ fn fetch(
     if list {
         return list_cache(&lock, &version, &cache);
     }
-    let options = download::Options {
-        timeout: std::time::Duration::from_secs(source.timeout.max(1)),
-        retries: source.retries,
-        retry_delay: std::time::Duration::from_secs_f64(source.retry_delay.clamp(0.0, 30.0)),
-        mirror: source.mirror.as_deref().map(Mirror::parse),
-        offline: source.offline,
-        allow_unpinned: source.allow_unpinned,
-    };
     let progress = std::io::stderr().is_terminal();
-    let results = artifacts::fetch_all(&lock, &version, &cache, options, progress)?;
+    let results = artifacts::fetch_all(&lock, &version, &cache, download_options(source), progress)?;
     let mut failed: Vec<(Artifact, anyhow::Error)> = Vec::new();
     for (a, result) in results {
         match result {
@@ -467,6 +430,17 @@ fn fetch(
         msg.push_str("\n  fix: run `kubestick fetch` once with network access, or give --mirror URL|DIR");
     }
     Err(anyhow::anyhow!(msg))
+}
+
+fn download_options(source: &SourceArgs) -> download::Options {
+    download::Options {
+        timeout: std::time::Duration::from_secs(source.timeout.max(1)),
+        retries: source.retries,
+        retry_delay: std::time::Duration::from_secs_f64(source.retry_delay.clamp(0.0, 30.0)),
+        mirror: source.mirror.as_deref().map(Mirror::parse),
+        offline: source.offline,
+        allow_unpinned: source.allow_unpinned,
+    }
 }
 
 fn list_cache(lock: &Lock, version: &str, cache: &Cache) -> Result<()> {

@@ -4,10 +4,12 @@
 //! [`spec`] → [`secrets`] → [`render`] → [`artifacts`]. [`cli`] wires them together.
 
 pub mod artifacts;
+pub mod build;
 pub mod cli;
 pub mod diag;
 pub mod flash;
 pub mod fsx;
+pub mod image;
 pub mod progress;
 pub mod render;
 pub mod rootfs;

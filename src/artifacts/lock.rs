@@ -137,8 +137,12 @@ impl Lock {
             }
             if !a.install.starts_with('/') || a.install.split('/').any(|c| c == "..") {
                 report.push(
-                    Diagnostic::error(at("install"), None, format!("`{}` is not an absolute path in the image", a.install))
-                        .help("give where the file lands on the node, e.g. \"/usr/local/bin/kubeadm\""),
+                    Diagnostic::error(
+                        at("install"),
+                        None,
+                        format!("`{}` is not an absolute path in the image", a.install),
+                    )
+                    .help("give where the file lands on the node, e.g. \"/usr/local/bin/kubeadm\""),
                 );
             }
             if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {

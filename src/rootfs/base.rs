@@ -81,12 +81,25 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
     }
     tools::require("mmdebstrap", "build the Debian base image", "mmdebstrap")?;
     let previous = newest_manifest(&dir);
-    let spinner = crate::progress::spinner(show_progress, format!("building the Debian {} base with mmdebstrap (a few minutes)", spec.suite));
+    let spinner = crate::progress::spinner(
+        show_progress,
+        format!(
+            "building the Debian {} base with mmdebstrap (a few minutes)",
+            spec.suite
+        ),
+    );
     if let Some((path, old)) = previous {
-        spinner.println(format!("base image inputs changed since {}; rebuilding:\n{}", path.display(), diff(&old, &spec.manifest())));
+        spinner.println(format!(
+            "base image inputs changed since {}; rebuilding:\n{}",
+            path.display(),
+            diff(&old, &spec.manifest())
+        ));
     }
 
-    let staging = tempfile::Builder::new().prefix(".base-").suffix(".partial").tempdir_in(&dir)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".base-")
+        .suffix(".partial")
+        .tempdir_in(&dir)?;
     let out = staging.path().join("base.tar");
     let hook = staging.path().join("customize.sh");
     fs::write(&hook, CUSTOMIZE)?;
@@ -94,7 +107,11 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
     let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = Command::new("mmdebstrap");
     cmd.arg("--variant=minbase")
-        .arg(if tools::is_root() { "--mode=root" } else { "--mode=unshare" })
+        .arg(if tools::is_root() {
+            "--mode=root"
+        } else {
+            "--mode=unshare"
+        })
         .arg(format!("--include={}", spec.packages.join(",")));
     for opt in DPKG_OPTIONS {
         cmd.arg(format!("--dpkgopt={opt}"));
@@ -110,15 +127,27 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
     spinner.finish_and_clear();
     if !status.success() {
         let tail = tail_lines(&log_path, 15);
-        let hint = if tail.contains("Failed to fetch") || tail.contains("Could not resolve") || tail.contains("Connection refused") {
-            format!("\n  the Debian mirror {} could not be reached; pass --debian-mirror URL for a mirror you can reach", spec.mirror)
+        let hint = if tail.contains("Failed to fetch")
+            || tail.contains("Could not resolve")
+            || tail.contains("Connection refused")
+        {
+            format!(
+                "\n  the Debian mirror {} could not be reached; pass --debian-mirror URL for a mirror you can reach",
+                spec.mirror
+            )
         } else {
             String::new()
         };
-        bail!("mmdebstrap failed ({status}); the last lines of {}:\n{tail}{hint}", log_path.display());
+        bail!(
+            "mmdebstrap failed ({status}); the last lines of {}:\n{tail}{hint}",
+            log_path.display()
+        );
     }
     fs::write(staging.path().join("manifest"), spec.manifest())?;
-    fs::rename(staging.path().join("manifest"), dir.join(format!("base-{key}.manifest")))?;
+    fs::rename(
+        staging.path().join("manifest"),
+        dir.join(format!("base-{key}.manifest")),
+    )?;
     fs::rename(&out, &tarball).with_context(|| format!("moving the base into the cache at {}", tarball.display()))?;
     Ok(tarball)
 }
@@ -139,13 +168,19 @@ fn newest_manifest(dir: &Path) -> Option<(PathBuf, String)> {
 /// The lines of `new` that differ from `old`, marked.
 fn diff(old: &str, new: &str) -> String {
     let old: Vec<&str> = old.lines().collect();
-    new.lines().filter(|l| !old.contains(l)).map(|l| format!("  now: {l}\n")).collect()
+    new.lines()
+        .filter(|l| !old.contains(l))
+        .map(|l| format!("  now: {l}\n"))
+        .collect()
 }
 
 fn tail_lines(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}\n")).collect()
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("    {l}\n"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -41,7 +41,10 @@ pub struct Stats {
 
 /// Image path → normalised key.
 fn key(path: &str) -> String {
-    path.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/').to_string()
+    path.trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// The verified artifacts (cached files) as items at their `install` paths. Archives are
@@ -51,10 +54,22 @@ pub fn artifact_layer(artifacts: &[(Artifact, PathBuf)], scratch: &Path) -> Resu
     for (artifact, cached) in artifacts {
         match artifact.kind {
             Kind::Binary => {
-                layer.insert(key(&artifact.install), Item::File { source: Source::File(cached.clone()), mode: 0o755 });
+                layer.insert(
+                    key(&artifact.install),
+                    Item::File {
+                        source: Source::File(cached.clone()),
+                        mode: 0o755,
+                    },
+                );
             }
             Kind::Manifest => {
-                layer.insert(key(&artifact.install), Item::File { source: Source::File(cached.clone()), mode: 0o644 });
+                layer.insert(
+                    key(&artifact.install),
+                    Item::File {
+                        source: Source::File(cached.clone()),
+                        mode: 0o644,
+                    },
+                );
             }
             Kind::Archive => {
                 let dest = scratch.join(&artifact.name);
@@ -78,12 +93,28 @@ fn add_tree(layer: &mut Layer, dir: &Path, prefix: &str) -> Result<()> {
         let meta = fs::symlink_metadata(&path)?;
         use std::os::unix::fs::PermissionsExt as _;
         if meta.file_type().is_symlink() {
-            layer.insert(name, Item::Symlink { target: fs::read_link(&path)?.to_string_lossy().into_owned() });
+            layer.insert(
+                name,
+                Item::Symlink {
+                    target: fs::read_link(&path)?.to_string_lossy().into_owned(),
+                },
+            );
         } else if meta.is_dir() {
-            layer.insert(name.clone(), Item::Dir { mode: meta.permissions().mode() & 0o7777 });
+            layer.insert(
+                name.clone(),
+                Item::Dir {
+                    mode: meta.permissions().mode() & 0o7777,
+                },
+            );
             add_tree(layer, &path, &name)?;
         } else {
-            layer.insert(name, Item::File { source: Source::File(path), mode: meta.permissions().mode() & 0o7777 });
+            layer.insert(
+                name,
+                Item::File {
+                    source: Source::File(path),
+                    mode: meta.permissions().mode() & 0o7777,
+                },
+            );
         }
     }
     Ok(())
@@ -94,8 +125,13 @@ pub fn overlay_layer() -> Layer {
         .iter()
         .map(|(path, o)| {
             let item = match o {
-                Overlay::File { mode, data } => Item::File { source: Source::Bytes(data.to_vec()), mode: *mode },
-                Overlay::Symlink(target) => Item::Symlink { target: target.to_string() },
+                Overlay::File { mode, data } => Item::File {
+                    source: Source::Bytes(data.to_vec()),
+                    mode: *mode,
+                },
+                Overlay::Symlink(target) => Item::Symlink {
+                    target: target.to_string(),
+                },
             };
             (key(path), item)
         })
@@ -104,10 +140,24 @@ pub fn overlay_layer() -> Layer {
 
 /// The rendered files and units every node shares.
 pub fn rendered_layer(rendered: &Rendered) -> Layer {
-    let file = |f: &NodeFile| (key(&f.path), Item::File { source: Source::Bytes(f.content.clone().into_bytes()), mode: f.mode_decimal });
+    let file = |f: &NodeFile| {
+        (
+            key(&f.path),
+            Item::File {
+                source: Source::Bytes(f.content.clone().into_bytes()),
+                mode: f.mode_decimal,
+            },
+        )
+    };
     let mut layer: Layer = rendered.common_files.iter().map(file).collect();
     for unit in &rendered.units {
-        layer.insert(key(&format!("{UNIT_DIR}/{}", unit.name)), Item::File { source: Source::Bytes(unit.content.clone().into_bytes()), mode: 0o644 });
+        layer.insert(
+            key(&format!("{UNIT_DIR}/{}", unit.name)),
+            Item::File {
+                source: Source::Bytes(unit.content.clone().into_bytes()),
+                mode: 0o644,
+            },
+        );
     }
     layer
 }
@@ -119,11 +169,17 @@ pub fn compose(base: &Path, layers: &[Layer], mtime: u64, out: &Path) -> Result<
         merged.extend(layer.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     let mut stats = Stats::default();
-    let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, File::create(out).with_context(|| format!("creating {}", out.display()))?));
+    let mut builder = tar::Builder::new(BufWriter::with_capacity(
+        1 << 20,
+        File::create(out).with_context(|| format!("creating {}", out.display()))?,
+    ));
     builder.mode(tar::HeaderMode::Complete);
     let mut dirs = BTreeSet::new();
 
-    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, File::open(base).with_context(|| format!("opening {}", base.display()))?));
+    let mut archive = tar::Archive::new(BufReader::with_capacity(
+        1 << 20,
+        File::open(base).with_context(|| format!("opening {}", base.display()))?,
+    ));
     for entry in archive.entries().context("reading the base tarball")? {
         let mut entry = entry.context("reading the base tarball")?;
         let path = key(&String::from_utf8_lossy(&entry.path_bytes()));
@@ -182,11 +238,22 @@ pub fn compose(base: &Path, layers: &[Layer], mtime: u64, out: &Path) -> Result<
         }
         append(&mut builder, path, item, mtime, &mut stats)?;
     }
-    builder.into_inner().context("finishing the root filesystem tarball")?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    builder
+        .into_inner()
+        .context("finishing the root filesystem tarball")?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
     Ok(stats)
 }
 
-fn append(builder: &mut tar::Builder<BufWriter<File>>, path: &str, item: &Item, mtime: u64, stats: &mut Stats) -> Result<()> {
+fn append(
+    builder: &mut tar::Builder<BufWriter<File>>,
+    path: &str,
+    item: &Item,
+    mtime: u64,
+    stats: &mut Stats,
+) -> Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_uid(0);
     header.set_gid(0);
@@ -232,7 +299,9 @@ fn append(builder: &mut tar::Builder<BufWriter<File>>, path: &str, item: &Item, 
 /// within the tarball once.
 pub fn read_files(tarball: &Path, wanted: impl Fn(&str) -> bool) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut out = BTreeMap::new();
-    let mut archive = tar::Archive::new(BufReader::new(File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?));
+    let mut archive = tar::Archive::new(BufReader::new(
+        File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?,
+    ));
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = key(&String::from_utf8_lossy(&entry.path_bytes()));

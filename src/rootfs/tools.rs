@@ -41,6 +41,18 @@ pub fn require_mke2fs() -> Result<PathBuf> {
             text.lines().next().unwrap_or("unknown version").trim()
         );
     }
+    // mke2fs loads libarchive only when it meets a tarball, and then fails late.
+    let libarchive = [
+        "/usr/lib/x86_64-linux-gnu/libarchive.so.13",
+        "/lib/x86_64-linux-gnu/libarchive.so.13",
+        "/usr/lib/libarchive.so.13",
+    ];
+    if !libarchive.iter().any(|p| std::path::Path::new(p).exists()) {
+        bail!(
+            "mke2fs needs libarchive to read the root filesystem tarball, and it is not installed\n  \
+             fix: `apt-get install libarchive13` (or `scripts/host-deps.sh` as root)"
+        );
+    }
     Ok(path)
 }
 

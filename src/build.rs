@@ -1,0 +1,247 @@
+//! The whole pipeline, stage by stage, for `render` and `build`: spec → secrets → render →
+//! artifacts → rootfs → image. Each step says what it does; each stage module does one job.
+
+use std::fs;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use sha2::{Digest as _, Sha256};
+
+use crate::artifacts::cache::Cache;
+use crate::artifacts::download;
+use crate::artifacts::lock::Lock;
+use crate::diag::Report;
+use crate::render::{self, Pins, Rendered, Renderer};
+use crate::rootfs::{base, compose, tools};
+use crate::secrets::{self, Origin};
+use crate::spec::{self, Cluster};
+use crate::{artifacts, image, progress};
+
+/// Loads and validates the cluster file, printing warnings (errors end the run).
+pub fn load_cluster(path: &Path, lock: &Lock, styled: bool) -> Result<Cluster> {
+    let loaded = spec::load(path, &lock.kubernetes_versions())?;
+    print_warnings(&loaded.report, styled);
+    Ok(loaded.cluster)
+}
+
+fn print_warnings(report: &Report, styled: bool) {
+    if !report.diagnostics.is_empty() {
+        eprint!("{}", report.render(styled));
+    }
+}
+
+/// Stages 1–3: validate, load or create the secrets, render and write out/.
+pub fn render_stage(path: &Path, output: &Path, state: Option<PathBuf>, lock: &Lock, styled: bool) -> Result<Rendered> {
+    let cluster = load_cluster(path, lock, styled)?;
+    let state = state.unwrap_or_else(|| secrets::default_dir(path));
+    let (secrets, origin) = secrets::load_or_create(&state, &cluster.name)?;
+    for loose in secrets::loose_permissions(&state) {
+        eprintln!(
+            "warning: {} can be read by other users; run `chmod -R go= {}`",
+            loose.display(),
+            state.display()
+        );
+    }
+    let release = &lock.kubernetes[&cluster.kubernetes_version];
+    let pins = Pins {
+        pause_image: release.pause_image.clone(),
+    };
+    let rendered = Renderer::new()?.render(&cluster, &secrets, &pins)?;
+    render::output::write(&rendered, output)
+        .with_context(|| format!("writing the rendered files to {}", output.display()))?;
+
+    match origin {
+        Origin::Created => eprintln!(
+            "Created the cluster's secrets in {} (back it up; keep it private).",
+            state.display()
+        ),
+        Origin::Loaded => eprintln!("Using the cluster's secrets in {}.", state.display()),
+    }
+    println!(
+        "Rendered {} node{} into {}:",
+        rendered.nodes.len(),
+        if rendered.nodes.len() == 1 { "" } else { "s" },
+        output.display()
+    );
+    for node in &rendered.nodes {
+        println!(
+            "  {}/{}/  cloud-init/, ignition.json, files/ ({} files)",
+            output.display(),
+            node.name,
+            node.files.len()
+        );
+    }
+    println!(
+        "  {}/common/files/  shared by every node ({} files)",
+        output.display(),
+        rendered.common_files.len()
+    );
+    let expires = secrets
+        .admin_expires()
+        .map(|t| format!(", certificate valid until {}", t.date()))
+        .unwrap_or_default();
+    println!(
+        "  {}/admin.conf  admin kubeconfig for {}{expires}",
+        output.display(),
+        cluster.api_server_url()
+    );
+    Ok(rendered)
+}
+
+pub struct Request<'a> {
+    pub cluster: &'a Path,
+    pub output: &'a Path,
+    pub state: Option<PathBuf>,
+    pub debian_mirror: &'a str,
+    pub fetch: download::Options,
+    pub cache: Option<PathBuf>,
+    pub lock: Lock,
+    pub styled: bool,
+}
+
+pub fn run(req: &Request<'_>) -> Result<()> {
+    let show = std::io::stderr().is_terminal();
+    let cache_root = match &req.cache {
+        Some(dir) => dir.clone(),
+        None => Cache::default_root()?,
+    };
+    let base_spec = base::BaseSpec::new(Some(req.debian_mirror));
+    // Host tools first: a missing one fails in a second, not after the downloads.
+    tools::require_mke2fs()?;
+    if !cache_root
+        .join("rootfs")
+        .join(format!("base-{}.tar", base_spec.key()))
+        .exists()
+    {
+        tools::require("mmdebstrap", "build the Debian base image", "mmdebstrap")?;
+    }
+
+    let rendered = render_stage(req.cluster, req.output, req.state.clone(), &req.lock, req.styled)?;
+    let cluster = load_cluster_quiet(req.cluster, &req.lock)?;
+
+    eprintln!(
+        "Fetching the pinned artifacts for Kubernetes {}...",
+        cluster.kubernetes_version
+    );
+    let cache = Cache::open(&cache_root)?;
+    let results = artifacts::fetch_all(&req.lock, &cluster.kubernetes_version, &cache, req.fetch.clone(), show)?;
+    let mut fetched = Vec::new();
+    let mut failures = Vec::new();
+    for (artifact, result) in results {
+        match result {
+            Ok(f) => fetched.push((artifact, f.path)),
+            Err(e) => failures.push(format!("  {e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} artifact(s) could not be fetched, so no image was built:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    let base_tar = base::ensure(&cache_root, &base_spec, show)?;
+    let base_image = base_image(&cache_root, &base_tar, &base_spec, &fetched, &rendered, &cluster, show)?;
+
+    let images_dir = req.output;
+    let mut images = Vec::new();
+    for node in &rendered.nodes {
+        let out = images_dir.join(format!("{}.img", node.name));
+        let spinner = progress::spinner(show, format!("writing {}", out.display()));
+        image::build_node(&base_image.0, &base_image.1, &cluster.name, node, &out)?;
+        spinner.finish_and_clear();
+        images.push(out);
+    }
+    image::write_checksums(images_dir, &images)?;
+
+    println!(
+        "Built {} image{} ({} each, sparse):",
+        images.len(),
+        if images.len() == 1 { "" } else { "s" },
+        indicatif::HumanBytes(base_image.1.total)
+    );
+    for image in &images {
+        println!("  {}", image.display());
+    }
+    println!("  {}", images_dir.join("SHA256SUMS").display());
+    println!(
+        "The images hold the cluster's secrets (mode 0600): keep them and the USB sticks private.\n\
+         Next: `kubestick flash {} /dev/sdX` for each node.",
+        images.first().map(|p| p.display().to_string()).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Validation already printed its warnings once in the render stage.
+fn load_cluster_quiet(path: &Path, lock: &Lock) -> Result<Cluster> {
+    Ok(spec::load(path, &lock.kubernetes_versions())?.cluster)
+}
+
+/// The cluster's base image (ESP + root, no node identity), cached under a key of every
+/// input: the base tarball, the artifact digests, the overlays and the shared rendered files.
+fn base_image(
+    cache_root: &Path,
+    base_tar: &Path,
+    base_spec: &base::BaseSpec,
+    fetched: &[(artifacts::lock::Artifact, PathBuf)],
+    rendered: &Rendered,
+    cluster: &Cluster,
+    show: bool,
+) -> Result<(PathBuf, image::Layout)> {
+    let mut hasher = Sha256::new();
+    hasher.update(base_spec.key());
+    hasher.update(&cluster.name);
+    for (a, _) in fetched {
+        hasher.update(format!(
+            "{} {} {:?}\n",
+            a.name,
+            a.install,
+            a.digest.as_ref().map(ToString::to_string)
+        ));
+    }
+    for (path, o) in crate::rootfs::overlays::OVERLAYS {
+        hasher.update(format!("{path} {o:?}\n"));
+    }
+    for f in &rendered.common_files {
+        hasher.update(format!("{} {} {}\n", f.path, f.mode, f.content));
+    }
+    for u in &rendered.units {
+        hasher.update(format!("{} {}\n", u.name, u.content));
+    }
+    let key = hex::encode(hasher.finalize())[..24].to_string();
+    let dir = cache_root.join("images");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}-{key}.img", cluster.name));
+    let layout_path = path.with_extension("layout");
+    if let (true, Ok(text)) = (path.exists(), fs::read_to_string(&layout_path)) {
+        let n: Vec<u64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        if let [root_len] = n[..] {
+            return Ok((path, image::Layout::for_root_size(root_len)));
+        }
+    }
+
+    let spinner = progress::spinner(show, "composing the root filesystem and the base image");
+    let scratch = tempfile::Builder::new().prefix(".compose-").tempdir_in(&dir)?;
+    let layers = [
+        compose::artifact_layer(fetched, scratch.path())?,
+        compose::overlay_layer(),
+        compose::rendered_layer(rendered),
+    ];
+    let rootfs_tar = scratch.path().join("rootfs.tar");
+    compose::compose(base_tar, &layers, 0, &rootfs_tar)?;
+    let partial = scratch.path().join("base.img");
+    let layout = image::build_base(&rootfs_tar, &cluster.name, &partial)?;
+    spinner.finish_and_clear();
+    // Only the newest base image of a cluster is kept.
+    for entry in fs::read_dir(&dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{}-", cluster.name)) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    fs::write(&layout_path, layout.root.1.to_string())?;
+    fs::rename(&partial, &path).with_context(|| format!("moving the base image into {}", dir.display()))?;
+    Ok((path, layout))
+}
