@@ -213,15 +213,13 @@ fn fix_dot_entries(disk: &mut Region<'_>) -> io::Result<()> {
                 let (mut dot, mut dotdot) = (plain[0], plain[1]);
                 set_cluster(&mut dot, this_cluster);
                 set_cluster(&mut dotdot, parent);
-                let mut index = 0;
-                for slot in buf.chunks_mut(ENTRY).take_while(|e| e[0] != 0) {
+                for (index, slot) in buf.chunks_mut(ENTRY).take_while(|e| e[0] != 0).enumerate() {
                     let name = &slot[..11];
                     let is_dot = slot[11] != ATTR_LFN && (name == b".          " || name == b"..         ");
                     let is_dot_lfn = slot[11] == ATTR_LFN && index < 4;
                     if is_dot || is_dot_lfn {
                         slot[0] = DELETED;
                     }
-                    index += 1;
                 }
                 buf[..ENTRY].copy_from_slice(&dot);
                 buf[ENTRY..2 * ENTRY].copy_from_slice(&dotdot);
