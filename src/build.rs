@@ -215,11 +215,16 @@ fn base_image(
     fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{}-{key}.img", cluster.name));
     let layout_path = path.with_extension("layout");
-    if let (true, Ok(text)) = (path.exists(), fs::read_to_string(&layout_path)) {
-        let n: Vec<u64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        if let [root_len] = n[..] {
-            return Ok((path, image::Layout::for_root_size(root_len)));
-        }
+    let cached = || -> Option<image::Layout> {
+        let root_len: u64 = fs::read_to_string(&layout_path).ok()?.trim().parse().ok()?;
+        path.exists().then(|| image::Layout::for_root_size(root_len))
+    };
+    if let Some(layout) = cached() {
+        return Ok((path, layout));
+    }
+    let _lock = base::lock_file(&dir.join(format!("{}.lock", cluster.name)))?;
+    if let Some(layout) = cached() {
+        return Ok((path, layout));
     }
 
     let spinner = progress::spinner(show, "composing the root filesystem and the base image");
@@ -237,7 +242,7 @@ fn base_image(
     // Only the newest base image of a cluster is kept.
     for entry in fs::read_dir(&dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{}-", cluster.name)) {
+        if name.starts_with(&format!("{}-", cluster.name)) && (name.ends_with(".img") || name.ends_with(".layout")) {
             let _ = fs::remove_file(entry.path());
         }
     }

@@ -68,7 +68,10 @@ impl Roots {
                 Err(e) => return Err(e),
             }
         }
-        Err(io::Error::other(format!("too many levels of symbolic links at {}", path.display())))
+        Err(io::Error::other(format!(
+            "too many levels of symbolic links at {}",
+            path.display()
+        )))
     }
 
     /// The kernel name of a node inside the dev root: `<root>/sdb` → `sdb`,
@@ -184,7 +187,11 @@ impl Disk {
             .flatten()
             .collect::<Vec<_>>()
             .join(" ");
-        if name.is_empty() { "unknown model".to_string() } else { name }
+        if name.is_empty() {
+            "unknown model".to_string()
+        } else {
+            name
+        }
     }
 
     /// `SanDisk Cruzer Blade, 32.0 GB, serial 4C53…`: what a person reads on the stick.
@@ -256,11 +263,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value = bytes[i + 1..i + 4].iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
             out.push(value as u8);
             i += 4;
         } else {
@@ -351,7 +357,9 @@ impl System {
 
     /// The whole disk a partition belongs to.
     fn parent_of(&self, partition: &str) -> Option<&Disk> {
-        self.disks.iter().find(|d| d.partitions.iter().any(|p| p.name == partition))
+        self.disks
+            .iter()
+            .find(|d| d.partitions.iter().any(|p| p.name == partition))
     }
 
     /// The physical disks under a disk or partition: a partition's disk; for `dm-*` and
@@ -446,10 +454,12 @@ impl System {
         let block = meta.file_type().is_block_device();
         let name = if block {
             let dev = DevNum::of_rdev(meta.rdev());
-            self.name_of(dev).map(str::to_string).ok_or_else(|| FlashRefusal::NotADisk {
-                device: given.clone(),
-                why: format!("the kernel lists no disk with device number {dev} in /sys/block"),
-            })?
+            self.name_of(dev)
+                .map(str::to_string)
+                .ok_or_else(|| FlashRefusal::NotADisk {
+                    device: given.clone(),
+                    why: format!("the kernel lists no disk with device number {dev} in /sys/block"),
+                })?
         } else {
             // Only a stand-in for a device node (the tests' fake /dev) is looked up by name;
             // a real /dev holds no regular files for disks.
@@ -492,7 +502,7 @@ impl System {
             // Nothing else matters, and "unmount /" or "--force" would be bad advice.
             return Err(FlashRefusal::SystemDisk {
                 device: disk.path(),
-                source: self.root_source(),
+                root_source: self.root_source(),
             });
         }
         if !force_non_removable && !disk.is_portable() {
@@ -727,6 +737,8 @@ garbage line
             self.write(&format!("{real}/size"), &sectors.to_string());
             self.write(&format!("{real}/removable"), if removable { "1" } else { "0" });
             std::os::unix::fs::symlink(format!("../{real}"), self.roots.sysfs.join("block").join(name)).unwrap();
+            // Like sysfs: `device` is the SCSI (or other) device the disk hangs off.
+            std::os::unix::fs::symlink("../..", self.roots.sysfs.join(&real).join("device")).unwrap();
             fs::write(self.roots.dev.join(name), b"").unwrap();
         }
 
@@ -806,7 +818,10 @@ garbage line
         assert!(d.usb && d.removable && d.is_portable());
         assert_eq!(d.serial.as_deref(), Some("4C530001230830117"));
         assert_eq!(d.vendor.as_deref(), Some("SanDisk"));
-        assert_eq!(d.description(), "SanDisk Cruzer Blade, 32.0 GB, serial 4C530001230830117");
+        assert_eq!(
+            d.description(),
+            "SanDisk Cruzer Blade, 32.0 GB, serial 4C530001230830117"
+        );
 
         // A stick without a serial must not borrow the controller's.
         fs::remove_file(f.roots.sysfs.join("devices/pci0000:00/0000:00:14.0/usb2/2-1/serial")).unwrap();
@@ -825,7 +840,10 @@ garbage line
             f.roots.resolve(Path::new("/dev/disk/by-id/usb-Stick_123-0:0")).unwrap(),
             f.roots.dev.join("sdb")
         );
-        assert_eq!(f.roots.resolve(Path::new("/dev/stick")).unwrap(), f.roots.dev.join("sdb"));
+        assert_eq!(
+            f.roots.resolve(Path::new("/dev/stick")).unwrap(),
+            f.roots.dev.join("sdb")
+        );
         f.mountinfo("");
         let system = System::read(&f.roots).unwrap();
         let disk = system.disk("sdb").unwrap();

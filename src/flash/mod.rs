@@ -21,7 +21,6 @@
 pub mod devices;
 pub mod write;
 
-use std::fmt;
 use std::io::{self, BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -67,10 +66,10 @@ pub enum FlashRefusal {
     #[error("{device} is a partition of {disk}; an image replaces the whole disk, so name the disk: {disk}")]
     Partition { device: String, disk: String },
     #[error(
-        "{device} holds the running system (/ is mounted from {source}); flashing it would destroy this \
+        "{device} holds the running system (/ is mounted from {root_source}); flashing it would destroy this \
          machine's own installation. Choose a stick from `kubestick flash --list`"
     )]
-    SystemDisk { device: String, source: String },
+    SystemDisk { device: String, root_source: String },
     #[error(
         "{device} ({description}) is neither removable nor on USB, so it is probably an internal disk; \
          check the name with `kubestick flash --list`, or pass --force-non-removable if you are sure"
@@ -107,10 +106,7 @@ pub enum FlashRefusal {
         image_size: u64,
     },
     #[error("refusing to write to {device}:{}", bullets(.reasons))]
-    Several {
-        device: String,
-        reasons: Vec<FlashRefusal>,
-    },
+    Several { device: String, reasons: Vec<FlashRefusal> },
     #[error(
         "stdin is not a terminal, so kubestick cannot ask before overwriting {device}; \
          pass --yes to confirm on the command line"
@@ -152,8 +148,7 @@ fn typed_description(typed: &str) -> String {
 /// Quotes for a POSIX shell when needed, so the suggested command can be pasted.
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%=,".contains(&b))
     {
         s.to_string()
@@ -182,8 +177,9 @@ pub fn run(args: &FlashArgs) -> Result<()> {
             return Err(match e.raw_os_error() {
                 Some(libc::EBUSY) => FlashRefusal::Busy { device: name }.into(),
                 Some(libc::EROFS) => FlashRefusal::ReadOnly { device: name }.into(),
-                Some(libc::EACCES | libc::EPERM) => anyhow::Error::new(e)
-                    .context(format!("opening {name} for writing; writing to a disk needs root: use sudo")),
+                Some(libc::EACCES | libc::EPERM) => anyhow::Error::new(e).context(format!(
+                    "opening {name} for writing; writing to a disk needs root: use sudo"
+                )),
                 _ => anyhow::Error::new(e).context(format!("opening {name} for writing")),
             });
         }
@@ -268,7 +264,12 @@ fn confirm(target: &Target, given: &Path, image: &Path, image_size: u64, node: &
     writeln!(err, "Everything on {device}{alias} will be destroyed:")?;
     writeln!(err, "  {}", target.disk.description())?;
     if !target.disk.partitions.is_empty() {
-        let parts: Vec<_> = target.disk.partitions.iter().map(|p| devices::dev_path(&p.name)).collect();
+        let parts: Vec<_> = target
+            .disk
+            .partitions
+            .iter()
+            .map(|p| devices::dev_path(&p.name))
+            .collect();
         writeln!(err, "  partitions: {}", parts.join(", "))?;
     }
     writeln!(
@@ -286,7 +287,10 @@ fn confirm(target: &Target, given: &Path, image: &Path, image_size: u64, node: &
     write!(err, "Type the node name ({node}) to continue: ")?;
     err.flush()?;
     let mut answer = String::new();
-    io::stdin().lock().read_line(&mut answer).context("reading the confirmation")?;
+    io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the confirmation")?;
     let typed = answer.trim();
     if typed != node {
         return Err(FlashRefusal::NotConfirmed {
@@ -339,15 +343,6 @@ fn list(roots: &Roots) -> Result<()> {
         }
     }
     Ok(())
-}
-
-impl fmt::Display for Readback {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Readback::Direct => "O_DIRECT",
-            Readback::DroppedCache => "page cache dropped",
-        })
-    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use sha2::{Digest as _, Sha256};
 
 /// Bytes per read and write: long sequential writes are what USB flash controllers are
@@ -336,9 +336,7 @@ pub fn write_image(
     }
     sink.write_at(&head, 0).map_err(write_err(0))?;
     bar.inc(head_len as u64);
-    bar.set_message("flushing");
     sink.sync().map_err(sync_err)?;
-    bar.set_message("");
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -353,11 +351,7 @@ pub enum Readback {
 
 /// Reads the first `size` bytes of `path` past the page cache and hashes them.
 pub fn read_back(path: &Path, size: u64, bar: &ProgressBar) -> io::Result<(String, Readback)> {
-    let (file, mut direct) = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
+    let (file, mut direct) = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
         Ok(f) => (f, true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (File::open(path)?, false),
         Err(e) => return Err(e),
@@ -421,20 +415,6 @@ pub struct Written {
     pub readback: Readback,
 }
 
-/// A bar in the project's style; hidden unless asked for (stderr is not a terminal).
-pub fn bar(len: u64, prefix: &'static str, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len).with_prefix(prefix).with_style(
-        ProgressStyle::with_template("{prefix:>9} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(250));
-    bar
-}
-
 /// Writes `image_path` through `sink` (which writes to `target_path`), then reads
 /// `target_path` back and compares digests. `target` names it in messages. On any failure
 /// after the first byte was written, the first MiB is zeroed again (best effort).
@@ -452,7 +432,7 @@ pub fn write_verified(
     let mut image = File::open(image_path).map_err(read_err)?;
     let size = image.metadata().map_err(read_err)?.len();
 
-    let write_bar = bar(size, "writing", progress);
+    let write_bar = crate::progress::bytes(progress, size, "writing");
     let start = Instant::now();
     let written = write_image(&mut image, size, sink, image_path, target, &write_bar);
     write_bar.finish_and_clear();
@@ -460,7 +440,7 @@ pub fn write_verified(
     let write_time = start.elapsed();
 
     sink.drop_cache(size);
-    let verify_bar = bar(size, "verifying", progress);
+    let verify_bar = crate::progress::bytes(progress, size, "verifying");
     let start = Instant::now();
     let read = read_back(target_path, size, &verify_bar);
     verify_bar.finish_and_clear();
@@ -599,7 +579,15 @@ mod tests {
     fn an_image_smaller_than_the_head_is_still_written_last() {
         let img = image(1000);
         let mut sink = Recorder::default();
-        write_image(&mut &img[..], 1000, &mut sink, Path::new("x"), "t", &ProgressBar::hidden()).unwrap();
+        write_image(
+            &mut &img[..],
+            1000,
+            &mut sink,
+            Path::new("x"),
+            "t",
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
         assert_eq!(sink.data, img);
         assert_eq!(
             sink.ops,
@@ -660,7 +648,10 @@ mod tests {
         assert_eq!(w.sha256, hex::encode(Sha256::digest(&img)));
         let after = fs::read(&target).unwrap();
         assert_eq!(&after[..img.len()], &img[..]);
-        assert!(after[img.len()..].iter().all(|&b| b == 0xAA), "bytes past the image are left alone");
+        assert!(
+            after[img.len()..].iter().all(|&b| b == 0xAA),
+            "bytes past the image are left alone"
+        );
     }
 
     /// A sink that loses one byte, like a stick that lies: the readback must catch it, and

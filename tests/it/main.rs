@@ -2,6 +2,7 @@
 //! the real validators where one exists.
 
 mod bad_input;
+mod build;
 mod common;
 mod fetch;
 mod flash;

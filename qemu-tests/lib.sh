@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Shared helpers for the QEMU tests: building the rehearsal cluster with the test-double
+# artifact mirror, picking an accelerator, booting a node image, reading its serial log.
+# Networking: each VM gets a QEMU user-mode netdev with restrict=on (no packet leaves this
+# machine) unless a test attaches it to a hub; nothing here talks to any outside address.
+set -euo pipefail
+
+QT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd -- "$QT_DIR/.." && pwd)
+KUBESTICK=${KUBESTICK:-$REPO/target/debug/kubestick}
+OVMF_CODE=${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}
+OVMF_VARS=${OVMF_VARS:-/usr/share/OVMF/OVMF_VARS_4M.fd}
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+fail() {
+  printf 'FAIL: %s\n' "$1" >&2
+  if [[ -n ${2:-} && -f $2 ]]; then
+    printf -- '--- last lines of %s ---\n' "$2" >&2
+    tail -n 40 "$2" | tr -d '\r' >&2
+  fi
+  exit 1
+}
+
+# build_rehearsal WORKDIR: the test doubles' mirror and lock, then `kubestick build` of
+# qemu-tests/cluster.toml into WORKDIR/out. The base image cache is shared between runs.
+build_rehearsal() {
+  local work=$1
+  mkdir -p "$work"
+  python3 "$QT_DIR/make-mirror.py" "$REPO" "$work/doubles"
+  cp "$QT_DIR/cluster.toml" "$work/cluster.toml"
+  "$KUBESTICK" build "$work/cluster.toml" -o "$work/out" \
+    --lock "$work/doubles/artifacts.lock" --mirror "$work/doubles/mirror" \
+    --cache "${KUBESTICK_TEST_CACHE:-$REPO/target/qemu-tests-cache}" >"$work/build.log" 2>&1 \
+    || fail "kubestick build failed" "$work/build.log"
+}
+
+# pick_accel IMAGE: "kvm" when KVM boots a real kernel here, else "tcg". A trivial guest
+# is not enough: on some hosts KVM starts but hangs once a kernel runs, so the probe boots
+# the image's own kernel to its "no root" panic (panic=-1 makes QEMU exit).
+pick_accel() {
+  local image=$1 tmp
+  if [[ -n ${QEMU_ACCEL:-} ]]; then echo "$QEMU_ACCEL"; return; fi
+  if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then echo tcg; return; fi
+  tmp=$(mktemp -d)
+  # The ESP starts at 1 MiB; mtools reads the kernel without mounting.
+  if mcopy -n -i "$image@@1048576" ::/vmlinuz "$tmp/vmlinuz" 2>/dev/null &&
+    timeout 20 qemu-system-x86_64 -accel kvm -machine q35 -cpu host -m 256 -nodefaults -display none \
+      -no-reboot -serial none -kernel "$tmp/vmlinuz" -append "panic=-1" >/dev/null 2>&1; then
+    echo kvm
+  else
+    log "KVM does not boot a kernel here (probe timed out); using TCG"
+    echo tcg
+  fi
+  rm -rf "$tmp"
+}
+
+# start_vm NAME IMAGE DATA_DISK SERIAL MAC WORKDIR [NETDEV...]: boots IMAGE through a
+# copy-on-write overlay (the image is never modified) with a virtual SATA disk whose
+# serial gives the by-id name; writes WORKDIR/NAME.serial and WORKDIR/NAME.pid.
+start_vm() {
+  local name=$1 image=$2 data=$3 serial=$4 mac=$5 work=$6
+  shift 6
+  local accel cpu smp
+  accel=${ACCEL:-tcg}
+  if [[ $accel == kvm ]]; then cpu=host; else cpu=max; fi
+  smp=${VM_SMP:-2}
+  qemu-img create -q -f qcow2 -b "$(realpath "$image")" -F raw "$work/$name.qcow2"
+  cp "$OVMF_VARS" "$work/$name.vars.fd"
+  local net=("$@")
+  if ((${#net[@]} == 0)); then
+    net=(-netdev "user,id=n0,restrict=on" -device "virtio-net-pci,netdev=n0,mac=$mac")
+  fi
+  qemu-system-x86_64 -name "$name" -machine q35 -accel "$accel" -cpu "$cpu" -m "${VM_MEMORY:-2048}" -smp "$smp" \
+    -nodefaults -display none -no-user-config \
+    -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" \
+    -drive "if=pflash,format=raw,file=$work/$name.vars.fd" \
+    -drive "if=virtio,format=qcow2,file=$work/$name.qcow2" \
+    -device ahci,id=ahci -drive "if=none,id=sata0,format=raw,file=$data" \
+    -device "ide-hd,bus=ahci.0,drive=sata0,serial=$serial" \
+    "${net[@]}" \
+    -serial "file:$work/$name.serial" \
+    -pidfile "$work/$name.pid" -daemonize
+}
+
+stop_vm() {
+  local pidfile=$1/$2.pid
+  if [[ -f $pidfile ]]; then
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  fi
+}
+
+# wait_for_line FILE REGEX TIMEOUT_SECONDS: prints the first matching line.
+wait_for_line() {
+  local file=$1 regex=$2 timeout=$3 start=$SECONDS line
+  while ((SECONDS - start < timeout)); do
+    if [[ -f $file ]] && line=$(tr -d '\r' <"$file" | grep -E -m1 -- "$regex"); then
+      printf '%s\n' "$line"
+      return 0
+    fi
+    sleep 2
+  done
+  return 1
+}
