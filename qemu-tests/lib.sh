@@ -74,7 +74,7 @@ start_vm() {
     -nodefaults -display none -no-user-config \
     -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE" \
     -drive "if=pflash,format=raw,file=$work/$name.vars.fd" \
-    -drive "if=virtio,format=qcow2,file=$work/$name.qcow2" \
+    -drive "if=none,id=boot,format=qcow2,file=$work/$name.qcow2" -device virtio-blk-pci,drive=boot,bootindex=0 \
     -device ahci,id=ahci -drive "if=none,id=sata0,format=raw,file=$data" \
     -device "ide-hd,bus=ahci.0,drive=sata0,serial=$serial" \
     "${net[@]}" \

@@ -196,9 +196,14 @@ fn the_root_filesystem_carries_kubernetes_containerd_and_the_first_boot_units() 
             "{path}:\n{st}"
         );
     }
-    for unit in ["containerd", "kubelet", "kubestick-prepare", "kubestick-report"] {
-        let st = stat(&format!("/etc/systemd/system/multi-user.target.wants/{unit}.service"));
-        assert!(st.contains("Type: symlink"), "{unit} is not enabled:\n{st}");
+    for link in [
+        "multi-user.target.wants/containerd.service",
+        "multi-user.target.wants/kubelet.service",
+        "multi-user.target.wants/kubestick-prepare.service",
+        "cloud-init.target.wants/kubestick-report.service",
+    ] {
+        let st = stat(&format!("/etc/systemd/system/{link}"));
+        assert!(st.contains("Type: symlink"), "{link} is not enabled:\n{st}");
     }
     // Base packages are there too, with their owners.
     assert!(stat("/usr/bin/cloud-init").contains("Type: regular"));

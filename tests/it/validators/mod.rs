@@ -202,6 +202,44 @@ fn systemd_analyze_verifies_every_unit() {
     assert!(!ok && msg.contains("ExecStrat"), "{msg}");
 }
 
+/// overlays/ units start binaries that come from artifacts.lock; stand-ins at their paths
+/// let systemd-analyze check everything else.
+#[test]
+fn systemd_analyze_verifies_the_overlay_units() {
+    let s = Scratch::new();
+    let root = s.path("root");
+    let (ok, out) = output(Command::new("cp").arg("-a").arg(repo().join("overlays")).arg(&root));
+    assert!(ok, "{out}");
+    let (_s, rendered) = render_example("homelab");
+    let (ok, out) = output(Command::new("cp").arg("-a").arg(format!("{}/.", rendered.join("common/files").display())).arg(&root));
+    assert!(ok, "{out}");
+    for bin in ["usr/local/bin/kubelet", "usr/local/bin/containerd"] {
+        let p = root.join(bin);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let units: Vec<String> = fs::read_dir(root.join("etc/systemd/system"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".service"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(units.len() >= 4, "{units:?}");
+    let names: Vec<&str> = units.iter().map(String::as_str).collect();
+    let (ok, msg) = verify_units(&root, &names);
+    assert!(ok && msg.is_empty(), "{names:?}:\n{msg}");
+    let scripts: Vec<PathBuf> = files_below(&repo().join("overlays"))
+        .into_iter()
+        .map(|rel| repo().join("overlays").join(rel))
+        .filter(|p| fs::read_to_string(p).is_ok_and(|t| t.starts_with("#!")))
+        .collect();
+    assert!(!scripts.is_empty());
+    let (ok, out) = output(Command::new("shellcheck").args(["--norc", "-x", "-S", "style", "-f", "gcc"]).args(&scripts));
+    assert!(ok && out.is_empty(), "{out}");
+}
+
 #[test]
 fn shellcheck_passes_every_script() {
     each_node(|name, dir| {
