@@ -46,8 +46,17 @@ pub fn copy(from: &Path, to: &Path) -> Result<()> {
                 )
             };
             if n < 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("copying {} to {}", from.display(), to.display()));
+                let err = std::io::Error::last_os_error();
+                // Across filesystems (or where the kernel lacks it) copy the range by hand.
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                ) {
+                    copy_range(&src, &dst, off_in as u64, (end - off_in) as u64)
+                        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+                    break;
+                }
+                return Err(err).with_context(|| format!("copying {} to {}", from.display(), to.display()));
             }
             if n == 0 {
                 break;
@@ -56,6 +65,22 @@ pub fn copy(from: &Path, to: &Path) -> Result<()> {
         offset = end;
     }
     dst.sync_all()?;
+    Ok(())
+}
+
+fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut done = 0;
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let n = src.read_at(&mut buf[..want], start + done)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], start + done)?;
+        done += n as u64;
+    }
     Ok(())
 }
 

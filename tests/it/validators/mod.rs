@@ -211,7 +211,12 @@ fn systemd_analyze_verifies_the_overlay_units() {
     let (ok, out) = output(Command::new("cp").arg("-a").arg(repo().join("overlays")).arg(&root));
     assert!(ok, "{out}");
     let (_s, rendered) = render_example("homelab");
-    let (ok, out) = output(Command::new("cp").arg("-a").arg(format!("{}/.", rendered.join("common/files").display())).arg(&root));
+    let (ok, out) = output(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", rendered.join("common/files").display()))
+            .arg(&root),
+    );
     assert!(ok, "{out}");
     for bin in ["usr/local/bin/kubelet", "usr/local/bin/containerd"] {
         let p = root.join(bin);
@@ -236,7 +241,11 @@ fn systemd_analyze_verifies_the_overlay_units() {
         .filter(|p| fs::read_to_string(p).is_ok_and(|t| t.starts_with("#!")))
         .collect();
     assert!(!scripts.is_empty());
-    let (ok, out) = output(Command::new("shellcheck").args(["--norc", "-x", "-S", "style", "-f", "gcc"]).args(&scripts));
+    let (ok, out) = output(
+        Command::new("shellcheck")
+            .args(["--norc", "-x", "-S", "style", "-f", "gcc"])
+            .args(&scripts),
+    );
     assert!(ok && out.is_empty(), "{out}");
 }
 
