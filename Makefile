@@ -51,11 +51,13 @@ qemu-test: toolchain test-deps
 	bash qemu-tests/boot-one.sh
 
 ## bench: render time for a 100-node cluster (target < 50 ms); fetch of 200 MiB vs curl + sha256sum
-## (target <= 1.2x); flash write + verify vs dd + sha256sum (target <= 1.2x)
+## (target <= 1.2x); flash write + verify vs dd + sha256sum (target <= 1.2x); node image cost vs
+## cp --sparse=always (target <= 1.2x), cold base build, image size raw and after zstd -19
 bench: toolchain host-deps
 	$(CARGO) bench --locked --bench render
 	$(CARGO) bench --locked --bench fetch
 	$(CARGO) bench --locked --bench flash
+	$(CARGO) bench --locked --bench image
 
 clean:
 	rm -rf $(OUT) target
