@@ -51,20 +51,35 @@ fn build(work: &Path, cache: &Path) -> Duration {
 }
 
 fn main() {
-    run(Command::new("cargo").args(["build", "--release", "--quiet"]).current_dir(repo()));
+    run(Command::new("cargo")
+        .args(["build", "--release", "--quiet"])
+        .current_dir(repo()));
     let work = tempfile::tempdir().unwrap();
     let work = work.path();
-    run(Command::new("python3").arg(repo().join("qemu-tests/make-mirror.py")).arg(repo()).arg(work.join("doubles")));
+    run(Command::new("python3")
+        .arg(repo().join("qemu-tests/make-mirror.py"))
+        .arg(repo())
+        .arg(work.join("doubles")));
     std::fs::copy(repo().join("qemu-tests/cluster.toml"), work.join("cluster.toml")).unwrap();
 
     // Cold: a fresh cache, so mmdebstrap downloads and builds the base.
     let cold_cache = work.join("cold-cache");
     let cold = build(work, &cold_cache);
-    let base_tar = std::fs::read_dir(cold_cache.join("rootfs")).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "tar")).unwrap();
+    let base_tar = std::fs::read_dir(cold_cache.join("rootfs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tar"))
+        .unwrap();
     // Warm: everything cached; what a rebuild after a cluster.toml change costs.
     let warm = median((0..RUNS).map(|_| build(work, &cold_cache)).collect());
 
-    let base_img = std::fs::read_dir(cold_cache.join("images")).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "img")).unwrap();
+    let base_img = std::fs::read_dir(cold_cache.join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "img"))
+        .unwrap();
     let cp = median(
         (0..RUNS)
             .map(|i| {
@@ -85,17 +100,47 @@ fn main() {
     let meta = std::fs::metadata(&image).unwrap();
     let zst = work.join("optiplex-1.img.zst");
     let start = Instant::now();
-    run(Command::new("zstd").args(["-19", "-T0", "-q", "-f"]).arg(&image).arg("-o").arg(&zst));
+    run(Command::new("zstd")
+        .args(["-19", "-T0", "-q", "-f"])
+        .arg(&image)
+        .arg("-o")
+        .arg(&zst));
     let zstd_time = start.elapsed();
     let compressed = std::fs::metadata(&zst).unwrap().len();
 
     println!("image benchmark (test-double artifacts; median of {RUNS} where repeated)");
-    println!("  cold build, 3 nodes (mmdebstrap base, fresh cache)  {:>7.1} s", cold.as_secs_f64());
-    println!("  base root filesystem tarball                         {:>7.0} MiB", mib(std::fs::metadata(&base_tar).unwrap().len()));
-    println!("  warm build, 3 nodes (base cached)                    {:>7.2} s", warm.as_secs_f64());
-    println!("  per node, warm build / 3                             {:>7.2} s", per_node.as_secs_f64());
-    println!("  cp --sparse=always of the base image                 {:>7.2} s", cp.as_secs_f64());
-    println!("  ratio per node / cp                                  {:>7.2}x  (target <= 1.2x)", per_node.as_secs_f64() / cp.as_secs_f64());
-    println!("  image size                                           {:>7.0} MiB ({:.0} MiB allocated)", mib(meta.len()), mib(meta.blocks() * 512));
-    println!("  zstd -19                                             {:>7.0} MiB in {:.0} s", mib(compressed), zstd_time.as_secs_f64());
+    println!(
+        "  cold build, 3 nodes (mmdebstrap base, fresh cache)  {:>7.1} s",
+        cold.as_secs_f64()
+    );
+    println!(
+        "  base root filesystem tarball                         {:>7.0} MiB",
+        mib(std::fs::metadata(&base_tar).unwrap().len())
+    );
+    println!(
+        "  warm build, 3 nodes (base cached)                    {:>7.2} s",
+        warm.as_secs_f64()
+    );
+    println!(
+        "  per node, warm build / 3                             {:>7.2} s",
+        per_node.as_secs_f64()
+    );
+    println!(
+        "  cp --sparse=always of the base image                 {:>7.2} s",
+        cp.as_secs_f64()
+    );
+    println!(
+        "  ratio per node / cp                                  {:>7.2}x  (target <= 1.2x)",
+        per_node.as_secs_f64() / cp.as_secs_f64()
+    );
+    println!(
+        "  image size                                           {:>7.0} MiB ({:.0} MiB allocated)",
+        mib(meta.len()),
+        mib(meta.blocks() * 512)
+    );
+    println!(
+        "  zstd -19                                             {:>7.0} MiB in {:.0} s",
+        mib(compressed),
+        zstd_time.as_secs_f64()
+    );
 }

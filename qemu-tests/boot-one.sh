@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One node image boots under QEMU with OVMF (KVM when it works, TCG otherwise), reaches
 # multi-user.target, cloud-init finishes, and the node reports its hostname, its static
-# address and the by-id name of its virtual SATA disk on the serial console.
+# address, the by-id name of its virtual SATA disk, and a root filesystem grown to fill a
+# boot disk larger than the image, on the serial console.
 set -euo pipefail
 # shellcheck source=qemu-tests/lib.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
@@ -19,7 +20,7 @@ export ACCEL
 log "booting optiplex-1 with $ACCEL"
 truncate -s 2G "$work/sata1.raw"
 start=$SECONDS
-start_vm optiplex-1 "$image" "$work/sata1.raw" SATA-NODE1 52:54:00:77:00:01 "$work"
+DISK_SIZE=4G start_vm optiplex-1 "$image" "$work/sata1.raw" SATA-NODE1 52:54:00:77:00:01 "$work"
 
 serial=$work/optiplex-1.serial
 timeout=${BOOT_TIMEOUT:-600}
@@ -32,4 +33,6 @@ wait_for_line "$serial" 'Cloud-init v\. .* finished' 60 >/dev/null || fail "clou
 [[ $report == *"role=control-plane "* ]] || fail "role is not control-plane: $report" "$serial"
 [[ $report == *"lan0=10.77.0.21/24 "* ]] || fail "lan0 does not have 10.77.0.21/24: $report" "$serial"
 [[ $report == *"ata-QEMU_HARDDISK_SATA-NODE1"* ]] || fail "the SATA disk is not /dev/disk/by-id/ata-QEMU_HARDDISK_SATA-NODE1: $report" "$serial"
+root_mib=$(sed -E 's/.* root=([0-9]+)MiB.*/\1/' <<<"$report")
+((root_mib > 3000)) || fail "the root filesystem did not grow to fill the 4 GiB disk (${root_mib} MiB): $report" "$serial"
 log "PASS boot-one: hostname, address and by-id disk as cluster.toml says ($ACCEL, $((SECONDS - start))s)"

@@ -64,7 +64,8 @@ start_vm() {
   accel=${ACCEL:-tcg}
   if [[ $accel == kvm ]]; then cpu=host; else cpu=max; fi
   smp=${VM_SMP:-2}
-  qemu-img create -q -f qcow2 -b "$(realpath "$image")" -F raw "$work/$name.qcow2"
+  # DISK_SIZE larger than the image stands for a bigger USB stick (the root grows into it).
+  qemu-img create -q -f qcow2 -b "$(realpath "$image")" -F raw "$work/$name.qcow2" ${DISK_SIZE:+"$DISK_SIZE"}
   cp "$OVMF_VARS" "$work/$name.vars.fd"
   local net=("$@")
   if ((${#net[@]} == 0)); then

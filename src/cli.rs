@@ -65,6 +65,8 @@ pub enum Command {
         #[command(flatten)]
         lock: LockFile,
     },
+    /// Write a node image to a USB stick and verify it (--list shows the sticks)
+    Flash(crate::flash::FlashArgs),
     /// Show what artifacts.lock pins: every upstream file, its digest and where the digest
     /// was published
     Lock {
@@ -193,9 +195,9 @@ fn report_error(err: &anyhow::Error, styled: bool) -> ExitCode {
     for cause in err.chain().skip(1) {
         let _ = writeln!(stderr, "  caused by: {cause}");
     }
-    let bad_input = err
-        .chain()
-        .any(|c| c.is::<SecretsError>() || c.is::<LoadError>() || c.is::<BadInput>());
+    let bad_input = err.chain().any(|c| {
+        c.is::<SecretsError>() || c.is::<LoadError>() || c.is::<BadInput>() || c.is::<crate::flash::FlashRefusal>()
+    });
     ExitCode::from(if bad_input { 2 } else { 1 })
 }
 
@@ -224,6 +226,7 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
             lock: lock.load()?,
             styled,
         }),
+        Command::Flash(args) => crate::flash::run(&args),
         Command::Lock {
             kubernetes,
             lock,

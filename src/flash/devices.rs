@@ -175,13 +175,31 @@ impl Disk {
     /// Kernel-made block devices that are never a stick: loop files, RAM disks, compressed
     /// swap, device-mapper and RAID volumes, optical and floppy drives.
     pub fn is_virtual(&self) -> bool {
-        ["loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd"]
-            .iter()
-            .any(|p| self.name.starts_with(p))
+        self.kind().is_some()
     }
 
-    /// `SanDisk Cruzer Blade`, or `unknown model`.
+    fn kind(&self) -> Option<&'static str> {
+        const KINDS: [(&str, &str); 8] = [
+            ("loop", "a loop device"),
+            ("zram", "a compressed RAM disk"),
+            ("ram", "a RAM disk"),
+            ("dm-", "a device-mapper volume"),
+            ("md", "a software RAID array"),
+            ("sr", "an optical drive"),
+            ("fd", "a floppy drive"),
+            ("nbd", "a network block device"),
+        ];
+        KINDS
+            .iter()
+            .find(|(prefix, _)| self.name.starts_with(prefix))
+            .map(|(_, kind)| *kind)
+    }
+
+    /// `SanDisk Cruzer Blade`, `a loop device`, or `unknown model`.
     pub fn model_name(&self) -> String {
+        if let Some(kind) = self.kind() {
+            return kind.to_string();
+        }
         let name = [self.vendor.as_deref(), self.model.as_deref()]
             .into_iter()
             .flatten()
@@ -317,7 +335,10 @@ impl System {
         for entry in entries {
             let entry = entry.with_context(|| format!("listing the disks in {}", block.display()))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            disks.push(read_disk(roots, &name).with_context(|| format!("reading {}", entry.path().display()))?);
+            // A disk unplugged while we look is simply not there.
+            if let Ok(disk) = read_disk(roots, &name) {
+                disks.push(disk);
+            }
         }
         disks.sort_by(|a, b| a.name.cmp(&b.name));
         let mountinfo = roots.proc.join("self/mountinfo");
@@ -534,7 +555,7 @@ impl System {
         if disk.read_only {
             reasons.push(FlashRefusal::ReadOnly { device: disk.path() });
         }
-        if disk.size == 0 {
+        if disk.size == 0 && !disk.is_virtual() {
             reasons.push(FlashRefusal::NoMedium { device: disk.path() });
         } else if disk.size < image_size {
             reasons.push(FlashRefusal::TooSmall {

@@ -93,7 +93,7 @@ pub enum FlashRefusal {
     Busy { device: String },
     #[error("{device} is read-only (is the write-protect switch on the card or stick set?)")]
     ReadOnly { device: String },
-    #[error("{device} has no medium (its size is 0); insert the card into the reader")]
+    #[error("{device} has no medium (its size is 0); insert the card, or check the name with `kubestick flash --list`")]
     NoMedium { device: String },
     #[error(
         "{device} is too small: it holds {} ({device_size} bytes), the image needs {} ({image_size} bytes); \
@@ -339,7 +339,8 @@ fn list(roots: &Roots) -> Result<()> {
             notes.push("read-only (write-protect switch?)".to_string());
         }
         for note in notes {
-            println!("  {:<12} {note}", "");
+            // Under the model, past the device and size columns.
+            println!("{:26}{note}", "");
         }
     }
     Ok(())

@@ -11,10 +11,11 @@
 //! the device rather than the page cache, the machine does not pile up gigabytes of dirty
 //! pages in front of a slow stick, and the readback comes from the device. Regular files
 //! (the tests' stand-in devices, the benchmark) are written through the page cache and
-//! flushed with `fdatasync`; their readback also asks for `O_DIRECT`, which ext4 and xfs
-//! grant. Where a filesystem refuses it (tmpfs), the cached pages are dropped with
-//! `posix_fadvise(DONTNEED)` before reading instead. On tmpfs that drop does nothing,
-//! because there the pages are the file, so the readback checks the only copy there is.
+//! flushed with `fdatasync`; `posix_fadvise(DONTNEED)` then drops their cached pages (on
+//! ext4 this empties the file's cache, as `fincore` shows) and the readback asks for
+//! `O_DIRECT` as well, which ext4, xfs and, since Linux 6.6, tmpfs grant. Where a
+//! filesystem refuses `O_DIRECT`, the readback goes through the cache just dropped. On
+//! tmpfs the pages are the file, so there the readback checks the only copy there is.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};

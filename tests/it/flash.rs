@@ -194,7 +194,7 @@ fn lab() -> Machine {
     let m = Machine::new();
     m.disk(&DiskSpec {
         partitions: &[("sda1", "8:1"), ("sda2", "8:2")],
-        ..DiskSpec::sata("sda", "8:0", 256 * MIB)
+        ..DiskSpec::sata("sda", "8:0", 32 * MIB)
     })
     .disk(&DiskSpec {
         partitions: &[("sdb1", "8:17")],
@@ -207,7 +207,7 @@ fn lab() -> Machine {
         serial: None,
         ..DiskSpec::usb("sdc", "8:32", 16 * MIB)
     })
-    .disk(&DiskSpec::sata("sdd", "8:48", 512 * MIB))
+    .disk(&DiskSpec::sata("sdd", "8:48", 24 * MIB))
     .disk(&DiskSpec {
         serial: None,
         ..DiskSpec::usb("sde", "8:64", MIB)
@@ -252,9 +252,9 @@ fn list_shows_only_removable_and_usb_disks() {
     let a = m.flash(&["--list"]).success();
     let out = stdout(&a);
     for shown in [
-        "/dev/sdb        16.8 MB  SanDisk Cruzer Blade, serial 4C530001230830117",
+        "/dev/sdb       16.8 MB  SanDisk Cruzer Blade, serial 4C530001230830117",
         "/dev/disk/by-id/usb-SanDisk_Cruzer_Blade_4C530001230830117-0:0",
-        "/dev/sdc        16.8 MB  Kingston DataTraveler 3.0, no serial",
+        "/dev/sdc       16.8 MB  Kingston DataTraveler 3.0, no serial",
         "mounted: /dev/sdc1 on /media/me/MY STICK",
         "/dev/sde",
         "/dev/mmcblk0",
@@ -269,7 +269,7 @@ fn list_shows_only_removable_and_usb_disks() {
 #[test]
 fn list_with_no_sticks_says_so() {
     let m = Machine::new();
-    m.disk(&DiskSpec::sata("sda", "8:0", 256 * MIB));
+    m.disk(&DiskSpec::sata("sda", "8:0", 32 * MIB));
     m.flash(&["--list"])
         .success()
         .stdout(predicate::str::contains("No removable or USB disks found"));
@@ -357,7 +357,7 @@ fn refuses_an_internal_disk_unless_forced() {
         &image,
         "/dev/sdd",
         &["--yes"],
-        "error: /dev/sdd (ATA Samsung SSD 870, 536.9 MB, no serial) is neither removable nor on USB, so it is \
+        "error: /dev/sdd (ATA Samsung SSD 870, 25.2 MB, no serial) is neither removable nor on USB, so it is \
          probably an internal disk; check the name with `kubestick flash --list`, or pass --force-non-removable",
     );
     m.flash(&[image.to_str().unwrap(), "/dev/sdd", "--yes", "--force-non-removable"])
@@ -413,7 +413,7 @@ fn reports_every_reason_at_once() {
     m.mount("8:48", "/dev/sdd", "/srv");
     let image = m.root().join("out/big.img");
     fs::create_dir_all(image.parent().unwrap()).unwrap();
-    File::create(&image).unwrap().set_len(600 * MIB).unwrap();
+    File::create(&image).unwrap().set_len(100 * MIB).unwrap();
     let err = refused(
         &m,
         &image,
@@ -596,6 +596,25 @@ fn flashes_a_loop_device_described_as_a_usb_stick() {
         return;
     }
     let (image, data) = m.image("node-7.img", 3 * MIB as usize + 517);
+
+    // Whatever the fake mountinfo says, the kernel's exclusive open is the last guard:
+    // here this test holds the device the way a mount or RAID would.
+    let holder = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&device)
+        .unwrap();
+    m.flash(&[image.to_str().unwrap(), "/dev/sdz", "--yes"])
+        .code(2)
+        .stderr(predicate::str::contains(
+            "error: /dev/sdz is busy: the kernel refused exclusive access",
+        ));
+    drop(holder);
+    assert!(
+        fs::read(&backing).unwrap().iter().all(|&b| b == 0),
+        "a busy device was written"
+    );
+
     let a = m.flash(&[image.to_str().unwrap(), "/dev/sdz", "--yes"]).success();
     let (out, err) = (stdout(&a), stderr(&a));
     assert!(out.contains("back from /dev/sdz bypassing the page cache"), "{out}");
