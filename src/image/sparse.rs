@@ -64,7 +64,7 @@ pub fn copy(from: &Path, to: &Path) -> Result<()> {
         }
         offset = end;
     }
-    dst.sync_all()?;
+    // The caller flushes once, after writing the node's own partitions.
     Ok(())
 }
 
