@@ -2,12 +2,15 @@
 //! cache, against `curl` + `sha256sum` on the same file in the same run.
 //! Target: kubestick within 1.2x of curl + sha256sum.
 
+#[path = "support.rs"]
+mod support;
+use support::median;
+
 #[path = "../tests/it/http_server.rs"]
 mod http_server;
 
-use std::io::Write as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kubestick::artifacts::cache::Cache;
 use kubestick::artifacts::digest::{self, Algorithm};
@@ -18,25 +21,10 @@ const SIZE: usize = 200 * 1024 * 1024;
 const RUNS: usize = 3;
 const TARGET: f64 = 1.2;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("payload");
-    {
-        // Incompressible-looking, deterministic bytes.
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for _ in 0..SIZE / 8 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            f.write_all(&x.to_le_bytes()).unwrap();
-        }
-    }
+    support::write_payload(&file, SIZE);
     let (digest, _) = digest::of_reader(Algorithm::Sha256, std::fs::File::open(&file).unwrap()).unwrap();
     let server = http_server::Server::start(vec![("/payload", http_server::Behavior::OkFile(file.clone()))]);
     let artifact = Artifact {

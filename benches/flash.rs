@@ -6,10 +6,13 @@
 //! MiB last, then reads the copy back past the page cache (`O_DIRECT`) and hashes it again;
 //! `sha256sum` reads the copy dd just wrote, from the page cache.
 
-use std::io::Write as _;
+#[path = "support.rs"]
+mod support;
+use support::median;
+
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sha2::Digest as _;
 
@@ -19,26 +22,11 @@ const SIZE: usize = 512 * 1024 * 1024;
 const RUNS: usize = 3;
 const TARGET: f64 = 1.2;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     // Beside the build, not in /tmp, which may be a tmpfs: the point is a disk's filesystem.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let image = tmp.path().join("node.img");
-    {
-        // Incompressible-looking, deterministic bytes.
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&image).unwrap());
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for _ in 0..SIZE / 8 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            f.write_all(&x.to_le_bytes()).unwrap();
-        }
-    }
+    support::write_payload(&image, SIZE);
     let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&image).unwrap()));
 
     let mut ours = Vec::new();

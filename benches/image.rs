@@ -7,6 +7,10 @@
 //! the test doubles from qemu-tests/; the real kubeadm, kubelet, kubectl, containerd, runc,
 //! crictl and CNI plugins add their own compressed size on top (printed as an estimate).
 
+#[path = "support.rs"]
+mod support;
+use support::median;
+
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,11 +25,6 @@ fn repo() -> PathBuf {
 fn run(cmd: &mut Command) {
     let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed");
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn mib(bytes: u64) -> f64 {

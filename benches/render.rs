@@ -3,6 +3,10 @@
 //! Target: rendering under 50 ms. Secrets are made once beforehand, as on every real
 //! rebuild after the first.
 
+#[path = "support.rs"]
+mod support;
+use support::median;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,11 +34,6 @@ fn cluster_toml() -> String {
         );
     }
     toml
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
 }
 
 fn time<T>(mut f: impl FnMut() -> T) -> Duration {
