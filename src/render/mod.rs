@@ -136,12 +136,25 @@ impl Renderer {
                 MODE_EXEC,
                 self.template("system/prepare", &base)?,
             ),
+            NodeFile::new(
+                "/usr/local/lib/kubestick/storage",
+                MODE_EXEC,
+                self.template("firstboot/storage", &base)?,
+            ),
         ];
-        let units = vec![Unit {
-            name: "kubestick-prepare.service".to_string(),
-            content: self.template("system/kubestick-prepare.service", &base)?,
-        }];
-
+        let units = [
+            "system/kubestick-prepare.service",
+            "firstboot/kubestick-storage.service",
+        ]
+        .iter()
+        .map(|t| {
+            let name = t.rsplit('/').next().unwrap_or(t).to_string();
+            Ok(Unit {
+                name,
+                content: self.template(t, &base)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         let nodes = cluster
             .nodes
             .iter()

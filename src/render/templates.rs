@@ -15,6 +15,11 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../templates/cloud-init/user-data"),
     ),
     (
+        "firstboot/kubestick-storage.service",
+        include_str!("../../templates/firstboot/kubestick-storage.service"),
+    ),
+    ("firstboot/storage", include_str!("../../templates/firstboot/storage")),
+    (
         "ignition/config.ign",
         include_str!("../../templates/ignition/config.ign"),
     ),

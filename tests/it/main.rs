@@ -5,6 +5,7 @@ mod bad_input;
 mod build;
 mod common;
 mod fetch;
+mod firstboot;
 mod flash;
 mod http_server;
 mod render;
