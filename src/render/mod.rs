@@ -141,6 +141,11 @@ impl Renderer {
                 MODE_EXEC,
                 self.template("firstboot/storage", &base)?,
             ),
+            NodeFile::new(
+                "/usr/local/lib/kubestick/bootstrap",
+                MODE_EXEC,
+                self.template("firstboot/bootstrap", &base)?,
+            ),
         ];
         let units = [
             "system/kubestick-prepare.service",
@@ -214,6 +219,13 @@ impl Renderer {
             secrets.ca.cert_pem.clone(),
         ));
         if is_cp {
+            // For minting a short-lived admin credential from the CA on this node (the
+            // bootstrap step uses one to forget an earlier life of a re-flashed node).
+            files.push(NodeFile::new(
+                "/etc/kubestick/kubeadm-cluster.yaml",
+                MODE_FILE,
+                self.template("kubeadm/cluster.yaml", &ctx)?,
+            ));
             // Only control-plane nodes may hold CA keys: they issue their own serving
             // certificates from them when they join.
             let pki = [

@@ -15,6 +15,14 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../templates/cloud-init/user-data"),
     ),
     (
+        "firstboot/bootstrap",
+        include_str!("../../templates/firstboot/bootstrap"),
+    ),
+    (
+        "firstboot/kubestick-bootstrap.service",
+        include_str!("../../templates/firstboot/kubestick-bootstrap.service"),
+    ),
+    (
         "firstboot/kubestick-storage.service",
         include_str!("../../templates/firstboot/kubestick-storage.service"),
     ),
@@ -43,6 +51,10 @@ pub const ALL: &[(&str, &str)] = &[
     (
         "kubeadm/cluster.yaml",
         include_str!("../../templates/kubeadm/cluster.yaml"),
+    ),
+    (
+        "kubeadm/components.yaml",
+        include_str!("../../templates/kubeadm/components.yaml"),
     ),
     ("kubeadm/init.yaml", include_str!("../../templates/kubeadm/init.yaml")),
     ("kubeadm/join.yaml", include_str!("../../templates/kubeadm/join.yaml")),

@@ -13,15 +13,14 @@ use crate::common::*;
 
 const DISK_SIZE: u64 = 128 << 20;
 
-/// The rendered storage script (node-independent, so any example will do).
-fn storage_script() -> &'static Path {
-    static SCRIPT: OnceLock<(Scratch, PathBuf)> = OnceLock::new();
-    &SCRIPT
-        .get_or_init(|| {
-            let (s, out) = render_example("homelab");
-            (s, out.join("common/files/usr/local/lib/kubestick/storage"))
-        })
+/// The rendered first-boot scripts (node-independent, so any example will do).
+fn script(name: &str) -> PathBuf {
+    static RENDERED: OnceLock<(Scratch, PathBuf)> = OnceLock::new();
+    RENDERED
+        .get_or_init(|| render_example("homelab"))
         .1
+        .join("common/files/usr/local/lib/kubestick")
+        .join(name)
 }
 
 /// One fake node: its disk, its node.env, doubles on PATH and a call record.
@@ -38,6 +37,24 @@ const DOUBLES: &[(&str, &str)] = &[
     ("vgremove", "exit 0"),
     ("pvremove", "exit 0"),
     ("blockdev", "exit 0"),
+    // The API "answers" once FAKE_API_AFTER earlier looks have failed (never when unset).
+    (
+        "curl",
+        "n=$(cat \"$FAKE_DIR/looks\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$FAKE_DIR/looks\"\n\
+         [ -n \"${FAKE_API_AFTER:-}\" ] && [ \"$n\" -ge \"$FAKE_API_AFTER\" ] && exit 0\nexit 7",
+    ),
+    (
+        "kubeadm",
+        "case \"$1\" in kubeconfig) echo 'apiVersion: v1';; init|join) [ -z \"${FAKE_KUBEADM_FAIL:-}\" ] || exit 1;; esac",
+    ),
+    (
+        "kubectl",
+        "case \"$*\" in\n\
+         *' get node '*) [ -n \"${FAKE_NODE_EXISTS:-}\" ] || exit 1;;\n\
+         *' get pods '*) printf 'etcd-cp-1\\netcd-cp-2\\netcd-cp-3\\n';;\n\
+         *' member list'*) printf '%b' \"${FAKE_ETCD_MEMBERS:-}\";;\n\
+         esac",
+    ),
 ];
 
 impl Machine {
@@ -80,9 +97,13 @@ impl Machine {
     }
 
     fn run(&self, extra_env: &[(&str, &str)]) -> Output {
+        self.run_script("storage", extra_env)
+    }
+
+    fn run_script(&self, name: &str, extra_env: &[(&str, &str)]) -> Output {
         let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.path("bin").display());
         let mut cmd = Command::new("bash");
-        cmd.arg(storage_script())
+        cmd.arg(script(name))
             .env_clear()
             .env("PATH", path)
             .env("KUBESTICK_ENV", self.path("node.env"))
@@ -90,7 +111,12 @@ impl Machine {
             .env("KUBESTICK_DISK_WAIT", "1")
             .env("RECORD", self.path("calls"))
             .env("FAKE_ROOT_SOURCE", self.path("dev/sda3"))
-            .env("FAKE_BOOT_DISK", "sda");
+            .env("FAKE_BOOT_DISK", "sda")
+            .env("FAKE_DIR", self.dir.path())
+            .env("KUBESTICK_CONF", self.path("conf"))
+            .env("KUBESTICK_K8S", self.path("k8s"))
+            .env("KUBESTICK_WAIT_FIRST", "0")
+            .env("KUBESTICK_WAIT_MAX", "0");
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -299,4 +325,191 @@ fn a_node_without_a_disk_has_nothing_to_do() {
     let out = m.run(&[]);
     assert!(out.status.success());
     assert!(log(&out).contains("no disk is configured"), "{}", log(&out));
+}
+
+// --- bootstrap ---------------------------------------------------------------------
+
+/// A node of the five-node example: `node` with `role`; cp-1 creates the cluster.
+fn bootstrap_machine(node: &str, role: &str) -> Machine {
+    let m = Machine::new("if-not-osd");
+    fs::write(
+        m.path("node.env"),
+        format!(
+            "KUBESTICK_NODE={node}\nKUBESTICK_ROLE={role}\nKUBESTICK_INIT_NODE=cp-1\nKUBESTICK_API_ENDPOINT=10.77.0.10:6443\n"
+        ),
+    )
+    .unwrap();
+    fs::create_dir_all(m.path("conf")).unwrap();
+    for f in ["kubeadm-init.yaml", "kubeadm-join.yaml", "kubeadm-cluster.yaml"] {
+        fs::write(m.path(&format!("conf/{f}")), "kind: test\n").unwrap();
+    }
+    fs::create_dir_all(m.path("k8s/pki/etcd")).unwrap();
+    fs::write(m.path("k8s/pki/ca.crt"), "the cluster CA\n").unwrap();
+    fs::write(m.path("k8s/pki/etcd/ca.key"), "the etcd CA key\n").unwrap();
+    m
+}
+
+/// The recorded commands, first word and subcommand, in order.
+fn commands(m: &Machine) -> Vec<String> {
+    m.calls()
+        .lines()
+        .filter(|l| {
+            ["kubeadm ", "kubectl ", "vgchange ", "vgremove ", "pvremove "]
+                .iter()
+                .any(|c| l.starts_with(c))
+        })
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn the_init_node_creates_the_cluster_when_no_api_answers() {
+    let m = bootstrap_machine("cp-1", "control-plane");
+    let out = m.run_script("bootstrap", &[]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("this is the init node, creating the cluster"), "{text}");
+    assert!(
+        m.calls().contains(&format!(
+            "kubeadm init --config {}",
+            m.path("conf/kubeadm-init.yaml").display()
+        )),
+        "{}",
+        m.calls()
+    );
+    assert_eq!(commands(&m), ["kubeadm init"]);
+    assert!(
+        fs::read_to_string(m.path("state/bootstrap.done"))
+            .unwrap()
+            .contains("created the cluster")
+    );
+}
+
+#[test]
+fn other_control_plane_nodes_wait_then_join() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "2")]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("waiting for the API at https://10.77.0.10:6443 (the cluster is created by cp-1)")
+            .count(),
+        2,
+        "{text}"
+    );
+    // Nothing stale to forget: the node is unknown and etcd does not list it.
+    // get node, get the etcd pods, member list; then join.
+    assert_eq!(
+        commands(&m),
+        [
+            "kubeadm kubeconfig",
+            "kubectl --kubeconfig",
+            "kubectl --kubeconfig",
+            "kubectl --kubeconfig",
+            "kubeadm join"
+        ],
+        "{}",
+        m.calls()
+    );
+    assert!(!m.calls().contains("member remove") && !m.calls().contains("delete node"));
+    assert!(m.calls().contains(&format!(
+        "kubeadm join --config {}",
+        m.path("conf/kubeadm-join.yaml").display()
+    )));
+    assert!(!m.calls().contains("kubeadm init"));
+}
+
+#[test]
+fn workers_and_late_joiners_join_an_answering_api() {
+    let m = bootstrap_machine("worker-1", "worker");
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert_eq!(
+        commands(&m),
+        ["kubeadm join"],
+        "a worker has no CA key and needs no cleanup"
+    );
+    assert!(log(&out).contains("joined the cluster at https://10.77.0.10:6443 as worker"));
+}
+
+#[test]
+fn a_reflashed_init_node_joins_instead_of_creating_a_second_cluster() {
+    let m = bootstrap_machine("cp-1", "control-plane");
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(
+        !m.calls().contains("kubeadm init") && m.calls().contains("kubeadm join"),
+        "{}",
+        m.calls()
+    );
+}
+
+#[test]
+fn a_reflashed_control_plane_node_replaces_its_stale_etcd_member_and_node() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    let members = "8e9e05c52164694d, started, cp-1, https://10.77.0.21:2380, https://10.77.0.21:2379, false\n\
+                   3a57933972cb5131, started, cp-2, https://10.77.0.22:2380, https://10.77.0.22:2379, false\n";
+    let out = m.run_script(
+        "bootstrap",
+        &[
+            ("FAKE_API_AFTER", "0"),
+            ("FAKE_NODE_EXISTS", "1"),
+            ("FAKE_ETCD_MEMBERS", members),
+        ],
+    );
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("etcd still lists cp-2 (member 3a57933972cb5131)"),
+        "{text}"
+    );
+    let calls = m.calls();
+    let delete = calls.find("delete node cp-2").expect("Node object deleted");
+    let remove = calls
+        .find("member remove 3a57933972cb5131")
+        .expect("etcd member removed");
+    let join = calls.find("kubeadm join").expect("joined");
+    assert!(delete < join && remove < join, "{calls}");
+    // It asked a member other than itself.
+    assert!(calls.contains("exec etcd-cp-1 -- etcdctl"), "{calls}");
+    assert!(
+        !m.path("state/bootstrap-admin.conf").exists(),
+        "the temporary admin credential is removed"
+    );
+}
+
+#[test]
+fn a_failed_attempt_is_reset_with_the_pki_kept() {
+    let m = bootstrap_machine("cp-1", "control-plane");
+    let out = m.run_script("bootstrap", &[("FAKE_KUBEADM_FAIL", "1")]);
+    assert_eq!(out.status.code(), Some(1), "{}", log(&out));
+    assert!(!m.path("state/bootstrap.done").exists());
+    // What kubeadm init left behind, and what kubeadm reset would remove.
+    fs::write(m.path("k8s/kubelet.conf"), "half\n").unwrap();
+    fs::remove_dir_all(m.path("k8s/pki")).unwrap();
+    fs::create_dir_all(m.path("k8s/pki")).unwrap();
+    let out = m.run_script("bootstrap", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(log(&out).contains("an earlier attempt left kubeadm state behind"));
+    let calls = m.calls();
+    assert!(
+        calls.find("kubeadm reset --force").unwrap() < calls.rfind("kubeadm init").unwrap(),
+        "{calls}"
+    );
+    assert_eq!(
+        fs::read_to_string(m.path("k8s/pki/etcd/ca.key")).unwrap(),
+        "the etcd CA key\n",
+        "the PKI is back"
+    );
+}
+
+#[test]
+fn bootstrap_runs_once() {
+    let m = bootstrap_machine("cp-1", "control-plane");
+    assert!(m.run_script("bootstrap", &[]).status.success());
+    let calls = m.calls();
+    let out = m.run_script("bootstrap", &[]);
+    assert!(out.status.success());
+    assert!(log(&out).contains("already done"));
+    assert_eq!(m.calls(), calls);
 }
