@@ -44,6 +44,8 @@ impl NodeFile {
 pub struct Unit {
     pub name: String,
     pub content: String,
+    /// Whether it is enabled (has an [Install] section); timers' services are not.
+    pub enabled: bool,
 }
 
 /// Everything rendered for one node.
@@ -146,17 +148,27 @@ impl Renderer {
                 MODE_EXEC,
                 self.template("firstboot/bootstrap", &base)?,
             ),
+            NodeFile::new(
+                "/usr/local/lib/kubestick/status",
+                MODE_EXEC,
+                self.template("firstboot/status", &base)?,
+            ),
         ];
         let units = [
             "system/kubestick-prepare.service",
             "firstboot/kubestick-storage.service",
+            "firstboot/kubestick-bootstrap.service",
+            "firstboot/kubestick-status.service",
+            "firstboot/kubestick-status.timer",
         ]
         .iter()
         .map(|t| {
             let name = t.rsplit('/').next().unwrap_or(t).to_string();
+            let content = self.template(t, &base)?;
             Ok(Unit {
                 name,
-                content: self.template(t, &base)?,
+                enabled: content.contains("[Install]"),
+                content,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -23,9 +23,18 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../templates/firstboot/kubestick-bootstrap.service"),
     ),
     (
+        "firstboot/kubestick-status.service",
+        include_str!("../../templates/firstboot/kubestick-status.service"),
+    ),
+    (
+        "firstboot/kubestick-status.timer",
+        include_str!("../../templates/firstboot/kubestick-status.timer"),
+    ),
+    (
         "firstboot/kubestick-storage.service",
         include_str!("../../templates/firstboot/kubestick-storage.service"),
     ),
+    ("firstboot/status", include_str!("../../templates/firstboot/status")),
     ("firstboot/storage", include_str!("../../templates/firstboot/storage")),
     (
         "ignition/config.ign",

@@ -44,6 +44,11 @@ const DOUBLES: &[(&str, &str)] = &[
          [ -n \"${FAKE_API_AFTER:-}\" ] && [ \"$n\" -ge \"$FAKE_API_AFTER\" ] && exit 0\nexit 7",
     ),
     (
+        "systemctl",
+        "unit=$(eval echo \\${$#}); step=${unit#kubestick-}; step=${step%.service}\neval echo \\${FAKE_ACTIVE_$step:-inactive}",
+    ),
+    ("hostname", "echo cp-2"),
+    (
         "kubeadm",
         "case \"$1\" in kubeconfig) echo 'apiVersion: v1';; init|join) [ -z \"${FAKE_KUBEADM_FAIL:-}\" ] || exit 1;; esac",
     ),
@@ -116,7 +121,8 @@ impl Machine {
             .env("KUBESTICK_CONF", self.path("conf"))
             .env("KUBESTICK_K8S", self.path("k8s"))
             .env("KUBESTICK_WAIT_FIRST", "0")
-            .env("KUBESTICK_WAIT_MAX", "0");
+            .env("KUBESTICK_WAIT_MAX", "0")
+            .env("KUBESTICK_RUN", self.path("run"));
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -512,4 +518,43 @@ fn bootstrap_runs_once() {
     assert!(out.status.success());
     assert!(log(&out).contains("already done"));
     assert_eq!(m.calls(), calls);
+}
+
+// --- status --------------------------------------------------------------------------
+
+#[test]
+fn status_shows_each_step_for_the_console_and_ssh() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    fs::create_dir_all(m.path("state")).unwrap();
+    fs::write(
+        m.path("state/storage.done"),
+        "2026-11-24T09:00:00Z cleared /dev/disk/by-id/ata-X (/dev/sdb): signatures: gpt\n",
+    )
+    .unwrap();
+    let out = m.run_script(
+        "status",
+        &[
+            ("FAKE_ACTIVE_prepare", "active"),
+            ("FAKE_ACTIVE_bootstrap", "activating"),
+            ("FAKE_ACTIVE_addons", "failed"),
+        ],
+    );
+    assert!(out.status.success(), "{}", log(&out));
+    let status = fs::read_to_string(m.path("run/status")).unwrap();
+    let lines: Vec<&str> = status.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [
+            "kubestick node cp-2 (control-plane)",
+            "prepare    done",
+            "storage    done: cleared /dev/disk/by-id/ata-X (/dev/sdb): signatures: gpt",
+            "bootstrap  running (journalctl -u kubestick-bootstrap.service)",
+            "addons     FAILED: see journalctl -u kubestick-addons.service",
+        ]
+    );
+    let issue = fs::read_to_string(m.path("run/issue")).unwrap();
+    assert!(
+        issue.starts_with("kubestick node cp-2") && !issue.contains('\\'),
+        "{issue}"
+    );
 }
