@@ -32,7 +32,15 @@ fn print_warnings(report: &Report, styled: bool) {
 }
 
 /// Stages 1–3: validate, load or create the secrets, render and write out/.
-pub fn render_stage(path: &Path, output: &Path, state: Option<PathBuf>, lock: &Lock, styled: bool) -> Result<Rendered> {
+/// Returns the validated cluster with what was rendered from it, so later stages need not
+/// read the cluster file again.
+pub fn render_stage(
+    path: &Path,
+    output: &Path,
+    state: Option<PathBuf>,
+    lock: &Lock,
+    styled: bool,
+) -> Result<(Cluster, Rendered)> {
     let cluster = load_cluster(path, lock, styled)?;
     let state = state.unwrap_or_else(|| secrets::default_dir(path));
     let (secrets, origin) = secrets::load_or_create(&state, &cluster.name)?;
@@ -86,7 +94,7 @@ pub fn render_stage(path: &Path, output: &Path, state: Option<PathBuf>, lock: &L
         output.display(),
         cluster.api_server_url()
     );
-    Ok(rendered)
+    Ok((cluster, rendered))
 }
 
 pub struct Request<'a> {
@@ -117,8 +125,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         tools::require("mmdebstrap", "build the Debian base image", "mmdebstrap")?;
     }
 
-    let rendered = render_stage(req.cluster, req.output, req.state.clone(), &req.lock, req.styled)?;
-    let cluster = load_cluster_quiet(req.cluster, &req.lock)?;
+    let (cluster, rendered) = render_stage(req.cluster, req.output, req.state.clone(), &req.lock, req.styled)?;
 
     eprintln!(
         "Fetching the pinned artifacts for Kubernetes {}...",
@@ -174,11 +181,6 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Validation already printed its warnings once in the render stage.
-fn load_cluster_quiet(path: &Path, lock: &Lock) -> Result<Cluster> {
-    Ok(spec::load(path, &lock.kubernetes_versions())?.cluster)
-}
-
 /// The cluster's base image (ESP + root, no node identity), cached under a key of every
 /// input: the base tarball, the artifact digests, the overlays and the shared rendered files.
 fn base_image(
@@ -222,7 +224,7 @@ fn base_image(
     if let Some(layout) = cached() {
         return Ok((path, layout));
     }
-    let _lock = base::lock_file(&dir.join(format!("{}.lock", cluster.name)))?;
+    let _lock = crate::fsx::lock_exclusive(&dir.join(format!("{}.lock", cluster.name)))?;
     if let Some(layout) = cached() {
         return Ok((path, layout));
     }

@@ -256,7 +256,7 @@ fn check(path: &Path, styled: bool) -> Result<()> {
 
 fn render(path: &Path, output: &Path, state: Option<PathBuf>, styled: bool) -> Result<Rendered> {
     let lock = Lock::embedded();
-    let rendered = crate::build::render_stage(path, output, state, &lock, styled)?;
+    let (_, rendered) = crate::build::render_stage(path, output, state, &lock, styled)?;
     println!(
         "These files contain the cluster's secrets (mode 0600); keep {} private.",
         output.display()

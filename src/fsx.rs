@@ -53,6 +53,19 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Opens (creating) `path` and takes an exclusive lock on it, waiting for other processes;
+/// the lock is released when the returned file is dropped.
+pub fn lock_exclusive(path: &Path) -> Result<std::fs::File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
 pub fn create_dir_mode(path: &Path, mode: u32) -> Result<()> {
     fs::create_dir_all(path).with_context(|| format!("creating directory {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))

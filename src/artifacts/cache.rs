@@ -12,7 +12,7 @@
 //! A file only ever enters `sha256/` by rename after its digest matched, so a reader sees
 //! either nothing or a verified file; concurrent runs serialise per digest on the lock.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -91,14 +91,7 @@ impl Cache {
             .root
             .join("locks")
             .join(format!("{}-{}.lock", d.algorithm.as_str(), d.hex));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        file.lock().with_context(|| format!("locking {}", path.display()))?;
-        Ok(file)
+        crate::fsx::lock_exclusive(&path)
     }
 
     /// Re-hashes a cached file, so a damaged cache is noticed, never used.

@@ -141,13 +141,7 @@ enum Attempt {
 
 impl<'a> Fetcher<'a> {
     pub fn new(cache: &'a Cache, options: Options) -> Result<Self> {
-        let client = Client::builder()
-            .user_agent(concat!("kubestick/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.timeout)
-            // In the blocking client this bounds every single read, not the whole body.
-            .timeout(options.timeout)
-            .build()
-            .context("setting up the HTTP client")?;
+        let client = http_client(options.timeout)?;
         Ok(Fetcher { cache, client, options })
     }
 
@@ -426,6 +420,17 @@ impl<'a> Fetcher<'a> {
         out.flush().map_err(|e| fatal(e.into()))?;
         Ok((hasher.finish(), offset + received, offset))
     }
+}
+
+/// The HTTP client every download uses; `timeout` bounds connecting, waiting for the
+/// response and (in the blocking client) every single read, not the whole body.
+pub fn http_client(timeout: Duration) -> Result<Client> {
+    Client::builder()
+        .user_agent(concat!("kubestick/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .build()
+        .context("setting up the HTTP client")
 }
 
 /// The URL or mirror path `url` is read from.

@@ -59,11 +59,7 @@ pub fn parse_checksum_file(text: &str, file_name: &str) -> Option<Digest> {
 }
 
 pub fn check_all(lock: &Lock, mirror: Option<&Mirror>, timeout: std::time::Duration) -> Result<Vec<(usize, Check)>> {
-    let client = Client::builder()
-        .user_agent(concat!("kubestick/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .build()?;
+    let client = super::download::http_client(timeout)?;
     Ok(lock
         .artifacts
         .iter()

@@ -117,43 +117,24 @@ impl Renderer {
         base.insert("discovery_hash", &secrets.discovery_hash);
         base.insert("pause_image", &pins.pause_image);
 
-        let common_files = vec![
-            NodeFile::new(
+        // (path on the node, mode, template)
+        let common = [
+            (
                 "/etc/modules-load.d/kubestick.conf",
                 MODE_FILE,
-                self.template("system/modules-load.conf", &base)?,
+                "system/modules-load.conf",
             ),
-            NodeFile::new(
-                "/etc/sysctl.d/90-kubestick.conf",
-                MODE_FILE,
-                self.template("system/sysctl.conf", &base)?,
-            ),
-            NodeFile::new(
-                "/etc/containerd/config.toml",
-                MODE_FILE,
-                self.template("system/containerd.toml", &base)?,
-            ),
-            NodeFile::new(
-                "/usr/local/lib/kubestick/prepare",
-                MODE_EXEC,
-                self.template("system/prepare", &base)?,
-            ),
-            NodeFile::new(
-                "/usr/local/lib/kubestick/storage",
-                MODE_EXEC,
-                self.template("firstboot/storage", &base)?,
-            ),
-            NodeFile::new(
-                "/usr/local/lib/kubestick/bootstrap",
-                MODE_EXEC,
-                self.template("firstboot/bootstrap", &base)?,
-            ),
-            NodeFile::new(
-                "/usr/local/lib/kubestick/status",
-                MODE_EXEC,
-                self.template("firstboot/status", &base)?,
-            ),
+            ("/etc/sysctl.d/90-kubestick.conf", MODE_FILE, "system/sysctl.conf"),
+            ("/etc/containerd/config.toml", MODE_FILE, "system/containerd.toml"),
+            ("/usr/local/lib/kubestick/prepare", MODE_EXEC, "system/prepare"),
+            ("/usr/local/lib/kubestick/storage", MODE_EXEC, "firstboot/storage"),
+            ("/usr/local/lib/kubestick/bootstrap", MODE_EXEC, "firstboot/bootstrap"),
+            ("/usr/local/lib/kubestick/status", MODE_EXEC, "firstboot/status"),
         ];
+        let common_files = common
+            .iter()
+            .map(|(path, mode, template)| Ok(NodeFile::new(path, *mode, self.template(template, &base)?)))
+            .collect::<Result<Vec<_>>>()?;
         let units = [
             "system/kubestick-prepare.service",
             "firstboot/kubestick-storage.service",

@@ -80,7 +80,7 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
         return Ok(tarball);
     }
     // One build per key at a time; a second run waits and then finds the tarball.
-    let _lock = lock_file(&dir.join(format!("base-{key}.lock")))?;
+    let _lock = crate::fsx::lock_exclusive(&dir.join(format!("base-{key}.lock")))?;
     if tarball.exists() {
         return Ok(tarball);
     }
@@ -155,17 +155,6 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
     )?;
     fs::rename(&out, &tarball).with_context(|| format!("moving the base into the cache at {}", tarball.display()))?;
     Ok(tarball)
-}
-
-pub(crate) fn lock_file(path: &Path) -> Result<fs::File> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.lock().with_context(|| format!("locking {}", path.display()))?;
-    Ok(file)
 }
 
 fn newest_manifest(dir: &Path) -> Option<(PathBuf, String)> {
