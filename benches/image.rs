@@ -102,9 +102,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e}"))
         .cluster;
     let secrets = kubestick::secrets::load(&work.join("cluster.secrets")).unwrap();
-    let pins = kubestick::render::Pins {
-        pause_image: lock.kubernetes[&cluster.kubernetes_version].pause_image.clone(),
-    };
+    let pins = lock.pins(&cluster.kubernetes_version).expect("the release is pinned");
     let rendered = kubestick::render::Renderer::new()
         .unwrap()
         .render(&cluster, &secrets, &pins)

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kubestick::artifacts::lock::Lock;
-use kubestick::render::{Pins, Renderer, output};
+use kubestick::render::{Renderer, output};
 use kubestick::{secrets, spec};
 
 const NODES: usize = 100;
@@ -55,9 +55,7 @@ fn main() {
     let cluster = spec::parse(Path::new("bench.toml"), &toml, &versions)
         .expect("generated cluster is valid")
         .cluster;
-    let pins = Pins {
-        pause_image: "registry.k8s.io/pause:3.10.2".into(),
-    };
+    let pins = Lock::embedded().pins("1.36.4").expect("1.36.4 is pinned");
     let renderer = Renderer::new().unwrap();
 
     let parse = time(|| spec::parse(Path::new("bench.toml"), &toml, &versions).unwrap().cluster);

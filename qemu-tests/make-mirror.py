@@ -80,6 +80,9 @@ def main():
         lines.append(f'[kubernetes."{version}"]')
         lines += [f"{k} = {toml_value(v)}" for k, v in release.items()]
         lines.append("")
+    lines.append("[images]")
+    lines += [f"{k} = {toml_value(v)}" for k, v in lock["images"].items()]
+    lines.append("")
     for artifact in lock["artifact"]:
         data = double(artifact)
         host_path = artifact["url"].split("://", 1)[1]

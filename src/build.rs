@@ -12,7 +12,7 @@ use crate::artifacts::cache::Cache;
 use crate::artifacts::download;
 use crate::artifacts::lock::Lock;
 use crate::diag::Report;
-use crate::render::{self, Pins, Rendered, Renderer};
+use crate::render::{self, Rendered, Renderer};
 use crate::rootfs::{base, compose, tools};
 use crate::secrets::{self, Origin};
 use crate::spec::{self, Cluster};
@@ -51,10 +51,9 @@ pub fn render_stage(
             state.display()
         );
     }
-    let release = &lock.kubernetes[&cluster.kubernetes_version];
-    let pins = Pins {
-        pause_image: release.pause_image.clone(),
-    };
+    let pins = lock
+        .pins(&cluster.kubernetes_version)
+        .context("the cluster's Kubernetes release is not in the lock")?;
     let rendered = Renderer::new()?.render(&cluster, &secrets, &pins)?;
     render::output::write(&rendered, output)
         .with_context(|| format!("writing the rendered files to {}", output.display()))?;
@@ -132,7 +131,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         cluster.kubernetes_version
     );
     let cache = Cache::open(&cache_root)?;
-    let results = artifacts::fetch_all(&req.lock, &cluster.kubernetes_version, &cache, req.fetch.clone(), show)?;
+    let results = artifacts::fetch_all(req.lock.for_cluster(&cluster).cloned().collect(), &cache, req.fetch.clone(), show)?;
     let mut fetched = Vec::new();
     let mut failures = Vec::new();
     for (artifact, result) in results {

@@ -369,14 +369,25 @@ fn fetch(
     styled: bool,
 ) -> Result<()> {
     let lock = file.load()?;
-    let version = match (&cluster, kubernetes) {
-        (Some(path), _) => crate::build::load_cluster(path, &lock, styled)?.kubernetes_version,
-        (None, Some(v)) => known_version(&lock, &v)?,
-        (None, None) => lock
-            .kubernetes_versions()
-            .into_iter()
-            .next()
-            .context("the lock pins no Kubernetes release")?,
+    // For a cluster file, only what that cluster uses; for a release, everything.
+    let (version, selection): (String, Vec<Artifact>) = match (&cluster, kubernetes) {
+        (Some(path), _) => {
+            let cluster = crate::build::load_cluster(path, &lock, styled)?;
+            let selection = lock.for_cluster(&cluster).cloned().collect();
+            (cluster.kubernetes_version, selection)
+        }
+        (None, v) => {
+            let version = match v {
+                Some(v) => known_version(&lock, &v)?,
+                None => lock
+                    .kubernetes_versions()
+                    .into_iter()
+                    .next()
+                    .context("the lock pins no Kubernetes release")?,
+            };
+            let selection = lock.for_kubernetes(&version).cloned().collect();
+            (version, selection)
+        }
     };
     let root = match &source.cache {
         Some(dir) => dir.clone(),
@@ -384,10 +395,10 @@ fn fetch(
     };
     let cache = Cache::open(&root)?;
     if list {
-        return list_cache(&lock, &version, &cache);
+        return list_cache(&selection, &version, &cache);
     }
     let progress = std::io::stderr().is_terminal();
-    let results = artifacts::fetch_all(&lock, &version, &cache, download_options(source), progress)?;
+    let results = artifacts::fetch_all(selection, &cache, download_options(source), progress)?;
     let mut failed: Vec<(Artifact, anyhow::Error)> = Vec::new();
     for (a, result) in results {
         match result {
@@ -446,10 +457,10 @@ fn download_options(source: &SourceArgs) -> download::Options {
     }
 }
 
-fn list_cache(lock: &Lock, version: &str, cache: &Cache) -> Result<()> {
+fn list_cache(selection: &[Artifact], version: &str, cache: &Cache) -> Result<()> {
     let mut missing = 0;
     println!("Artifacts for Kubernetes {version} in {}:", cache.root().display());
-    for (a, entry) in artifacts::status(lock, version, cache)? {
+    for (a, entry) in artifacts::status(selection, cache)? {
         let state = match &entry {
             Entry::Verified { size, .. } if a.digest.is_none() => {
                 format!("cached, {} (unpinned, observed digest)", human(*size))

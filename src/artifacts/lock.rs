@@ -18,6 +18,9 @@ pub const EMBEDDED_NAME: &str = "artifacts.lock (built in)";
 pub struct Lock {
     pub format: u32,
     pub kubernetes: BTreeMap<String, KubernetesRelease>,
+    /// Container images the rendered add-on manifests name, by tag (their digests are not
+    /// published where they could be checked).
+    pub images: crate::render::Images,
     #[serde(default, rename = "artifact")]
     pub artifacts: Vec<Artifact>,
 }
@@ -26,6 +29,16 @@ pub struct Lock {
 #[serde(deny_unknown_fields)]
 pub struct KubernetesRelease {
     pub pause_image: String,
+}
+
+/// A part of the cluster only some cluster files ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Needs {
+    /// `[ingress]`: traefik and cert-manager.
+    Ingress,
+    /// `[storage]`: rook-ceph.
+    Storage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -50,6 +63,8 @@ pub struct Artifact {
     /// Where it lands in the node image: a file path for binaries and manifests, the
     /// directory an archive is unpacked into.
     pub install: String,
+    /// Only clusters using this part get the file; absent means every cluster.
+    pub needs: Option<Needs>,
     pub url: String,
     pub size: Option<u64>,
     /// Absent only for entries marked `unpinned`.
@@ -177,11 +192,30 @@ impl Lock {
         v
     }
 
-    /// Everything a cluster on Kubernetes `version` needs, in lock order.
+    /// Everything any cluster on Kubernetes `version` may need, in lock order.
     pub fn for_kubernetes<'a>(&'a self, version: &'a str) -> impl Iterator<Item = &'a Artifact> + 'a {
         self.artifacts
             .iter()
             .filter(move |a| a.kubernetes.as_deref().is_none_or(|k| k == version))
+    }
+
+    /// What the renderer takes from the lock for Kubernetes `version` (None if not pinned).
+    pub fn pins(&self, version: &str) -> Option<crate::render::Pins> {
+        Some(crate::render::Pins {
+            pause_image: self.kubernetes.get(version)?.pause_image.clone(),
+            images: self.images.clone(),
+        })
+    }
+
+    /// What one cluster needs: its Kubernetes release, and the ingress and storage files
+    /// only when the cluster file asks for those parts.
+    pub fn for_cluster<'a>(&'a self, cluster: &'a crate::spec::Cluster) -> impl Iterator<Item = &'a Artifact> + 'a {
+        self.for_kubernetes(&cluster.kubernetes_version)
+            .filter(move |a| match a.needs {
+                None => true,
+                Some(Needs::Ingress) => cluster.ingress.is_some(),
+                Some(Needs::Storage) => cluster.storage.is_some(),
+            })
     }
 }
 
@@ -203,24 +237,45 @@ mod tests {
                 "cni-plugins",
                 "containerd",
                 "runc",
-                "kube-flannel.yml",
+                "cert-manager.yaml",
                 "rook-crds.yaml",
                 "rook-operator.yaml",
             ] {
                 assert!(names.contains(&needed), "{version} lacks {needed}");
             }
         }
-        // Nothing upstream publishes no digest for is silently pinned.
-        assert!(
-            lock.artifacts
-                .iter()
-                .all(|a| a.digest.is_some() && !a.source.is_empty())
-        );
+        // Only cert-manager's release manifest has no published digest, and says so.
+        for a in &lock.artifacts {
+            assert!(!a.source.is_empty());
+            match a.name.as_str() {
+                "cert-manager.yaml" => assert!(a.digest.is_none() && a.unpinned.is_some()),
+                _ => assert!(a.digest.is_some(), "{} is not pinned", a.name),
+            }
+        }
+    }
+
+    #[test]
+    fn a_cluster_gets_ingress_and_storage_files_only_when_it_asks_for_them() {
+        let lock = Lock::embedded();
+        let text = include_str!("../../examples/homelab.toml");
+        let full = crate::spec::parse(Path::new("homelab.toml"), text, &lock.kubernetes_versions())
+            .expect("the example is valid")
+            .cluster;
+        let names = |c: &crate::spec::Cluster| lock.for_cluster(c).map(|a| a.name.clone()).collect::<Vec<_>>();
+        let all = names(&full);
+        assert!(all.contains(&"cert-manager.yaml".to_string()));
+        assert!(all.contains(&"rook-operator.yaml".to_string()));
+        let mut bare = full.clone();
+        bare.ingress = None;
+        bare.storage = None;
+        let bare = names(&bare);
+        assert!(bare.contains(&"kubeadm".to_string()));
+        assert!(bare.iter().all(|n| !n.starts_with("rook-") && !n.starts_with("traefik-") && n != "cert-manager.yaml"));
     }
 
     #[test]
     fn malformed_lock_gets_line_and_column() {
-        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"https://e/x\"\ndigest = \"sha256:zz\"\nsource = \"s\"\n";
+        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"https://e/x\"\ndigest = \"sha256:zz\"\nsource = \"s\"\n";
         let err = Lock::parse(Path::new("artifacts.lock"), text).unwrap_err();
         let rendered = err.0.render(false);
         assert!(rendered.contains("artifacts.lock:10:10"), "{rendered}");
@@ -229,7 +284,7 @@ mod tests {
 
     #[test]
     fn semantic_problems_are_all_reported() {
-        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkubernetes = \"9.9.9\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"ftp://e/x\"\nsource = \"s\"\n";
+        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkubernetes = \"9.9.9\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"ftp://e/x\"\nsource = \"s\"\n";
         let err = Lock::parse(Path::new("l"), text).unwrap_err();
         assert_eq!(err.0.errors(), 3, "{}", err.0.render(false));
     }

@@ -13,18 +13,17 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use cache::{Cache, Entry};
 use download::{Fetched, Fetcher, Options};
-use lock::{Artifact, Lock};
+use lock::Artifact;
 
-/// Fetches every artifact of Kubernetes `version` into the cache. All files are tried;
-/// the errors of those that failed are returned together.
+/// Fetches `artifacts` (a selection from the lock: [`lock::Lock::for_cluster`] or
+/// [`lock::Lock::for_kubernetes`]) into the cache. All files are tried; the errors of those that
+/// failed are returned together.
 pub fn fetch_all(
-    lock: &Lock,
-    version: &str,
+    artifacts: Vec<Artifact>,
     cache: &Cache,
     options: Options,
     show_progress: bool,
 ) -> Result<Vec<(Artifact, Result<Fetched>)>> {
-    let artifacts: Vec<Artifact> = lock.for_kubernetes(version).cloned().collect();
     let fetcher = Fetcher::new(cache, options)?;
     let multi = MultiProgress::with_draw_target(if show_progress {
         ProgressDrawTarget::stderr()
@@ -53,9 +52,10 @@ pub fn fetch_all(
     Ok(results)
 }
 
-/// The state of each artifact of `version` in the cache, re-verified.
-pub fn status(lock: &Lock, version: &str, cache: &Cache) -> Result<Vec<(Artifact, Entry)>> {
-    lock.for_kubernetes(version)
+/// The state of each of `artifacts` in the cache, re-verified.
+pub fn status(artifacts: &[Artifact], cache: &Cache) -> Result<Vec<(Artifact, Entry)>> {
+    artifacts
+        .iter()
         .map(|a| {
             let digest = a.digest.clone().or_else(|| cache.observed(&a.url));
             let entry = match &digest {

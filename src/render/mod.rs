@@ -74,12 +74,46 @@ pub const MODE_SECRET: u32 = 0o600;
 pub const MODE_FILE: u32 = 0o644;
 pub const MODE_EXEC: u32 = 0o755;
 pub const UNIT_DIR: &str = "/etc/systemd/system";
+const ADDON_FLANNEL: &str = "/usr/local/share/kubestick/addons/flannel.yaml";
+const ADDON_ROOK: &str = "/usr/local/share/kubestick/addons/rook-cluster.yaml";
+const ADDON_STORAGECLASS: &str = "/usr/local/share/kubestick/addons/storageclass.yaml";
+const ADDON_TRAEFIK: &str = "/usr/local/share/kubestick/addons/traefik.yaml";
+const ADDON_ISSUER: &str = "/usr/local/share/kubestick/addons/cluster-issuer.yaml";
+
+/// How many ceph monitors and managers the cluster runs: monitors need a majority, so an
+/// odd count, one per node, at most 3 (enough to survive the loss of any one node).
+#[derive(Debug, Serialize)]
+struct CephDaemons {
+    mons: usize,
+    mgrs: usize,
+}
+
+impl CephDaemons {
+    fn for_cluster(cluster: &Cluster) -> Self {
+        let n = cluster.nodes.len();
+        CephDaemons {
+            mons: if n >= 3 { 3 } else { 1 },
+            mgrs: n.min(2),
+        }
+    }
+}
 
 /// Values that only the artifact lock knows, handed in by the caller so that render does
 /// not reach into the artifacts stage.
 #[derive(Debug, Clone, Serialize)]
 pub struct Pins {
     pub pause_image: String,
+    pub images: Images,
+}
+
+/// The container images the add-on manifests name (the `[images]` table of the lock).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Images {
+    pub flannel: String,
+    pub flannel_cni_plugin: String,
+    pub ceph: String,
+    pub traefik: String,
 }
 
 pub struct Renderer {
@@ -116,6 +150,11 @@ impl Renderer {
         base.insert("bootstrap_token", secrets.bootstrap_token.as_str());
         base.insert("discovery_hash", &secrets.discovery_hash);
         base.insert("pause_image", &pins.pause_image);
+        base.insert("images", &pins.images);
+        base.insert("ceph", &CephDaemons::for_cluster(cluster));
+        if let Some(ingress) = &cluster.ingress {
+            base.insert("acme_directory", ingress.acme_server.directory_url());
+        }
 
         // (path on the node, mode, template)
         let common = [
@@ -130,15 +169,34 @@ impl Renderer {
             ("/usr/local/lib/kubestick/storage", MODE_EXEC, "firstboot/storage"),
             ("/usr/local/lib/kubestick/bootstrap", MODE_EXEC, "firstboot/bootstrap"),
             ("/usr/local/lib/kubestick/status", MODE_EXEC, "firstboot/status"),
+            ("/usr/local/lib/kubestick/addons", MODE_EXEC, "firstboot/addons"),
+            (
+                "/etc/udev/rules.d/90-kubestick-flannel.rules",
+                MODE_FILE,
+                "system/flannel-offload.rules",
+            ),
+            (ADDON_FLANNEL, MODE_FILE, "addons/flannel.yaml"),
+        ];
+        // The cluster's add-on manifests, for the parts its file asks for.
+        let storage = [
+            (ADDON_ROOK, MODE_FILE, "addons/rook-cluster.yaml"),
+            (ADDON_STORAGECLASS, MODE_FILE, "addons/storageclass.yaml"),
+        ];
+        let ingress = [
+            (ADDON_TRAEFIK, MODE_FILE, "addons/traefik.yaml"),
+            (ADDON_ISSUER, MODE_FILE, "addons/cluster-issuer.yaml"),
         ];
         let common_files = common
             .iter()
+            .chain(storage.iter().filter(|_| cluster.storage.is_some()))
+            .chain(ingress.iter().filter(|_| cluster.ingress.is_some()))
             .map(|(path, mode, template)| Ok(NodeFile::new(path, *mode, self.template(template, &base)?)))
             .collect::<Result<Vec<_>>>()?;
         let units = [
             "system/kubestick-prepare.service",
             "firstboot/kubestick-storage.service",
             "firstboot/kubestick-bootstrap.service",
+            "firstboot/kubestick-addons.service",
             "firstboot/kubestick-status.service",
             "firstboot/kubestick-status.timer",
         ]

@@ -22,7 +22,7 @@ fn body(n: usize) -> Vec<u8> {
 /// A lock with one release and the given artifacts: (name, url, digest or None for unpinned).
 fn write_lock(s: &Scratch, artifacts: &[(&str, String, Option<String>)]) -> PathBuf {
     let mut text = String::from(
-        "# test lock\nformat = 1\n\n[kubernetes.\"1.36.4\"]\npause_image = \"registry.k8s.io/pause:3.10.2\"\n",
+        "# test lock\nformat = 1\n\n[kubernetes.\"1.36.4\"]\npause_image = \"registry.k8s.io/pause:3.10.2\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n",
     );
     for (name, url, digest) in artifacts {
         text.push_str(&format!(
@@ -404,7 +404,7 @@ fn concurrent_runs_share_one_download() {
 #[test]
 fn a_malformed_lock_gets_line_and_column() {
     let s = Scratch::new();
-    let lock = s.write("artifacts.lock", "format = 1\n[kubernetes.\"1.36.4\"]\npause_image = \"p\"\n\n[[artifact]]\nname = \"kubeadm\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/y\"\nurl = \"https://x/y\"\ndigest = \"sha256:1234\"\nsource = \"s\"\n");
+    let lock = s.write("artifacts.lock", "format = 1\n[kubernetes.\"1.36.4\"]\npause_image = \"p\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n\n[[artifact]]\nname = \"kubeadm\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/y\"\nurl = \"https://x/y\"\ndigest = \"sha256:1234\"\nsource = \"s\"\n");
     let err = stderr(&fetch(&s, &lock, &[]).code(2));
     assert!(
         err.contains("artifacts.lock:11:10") && err.contains("hex digits"),
