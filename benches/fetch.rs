@@ -33,6 +33,7 @@ fn main() {
         kubernetes: None,
         kind: Kind::Binary,
         install: "/usr/local/bin/payload".into(),
+        needs: None,
         url: server.url("/payload"),
         size: Some(SIZE as u64),
         digest: Some(digest.clone()),

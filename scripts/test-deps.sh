@@ -7,7 +7,7 @@
 #
 # Produces (relative to the repository root):
 #   target/test-tools/venv     Python venv with kubernetes-validate
-#   target/test-tools/trixie   Debian trixie tree (cloud-init, keepalived, systemd)
+#   target/test-tools/trixie   Debian trixie tree (cloud-init, keepalived, systemd, udev)
 #                              for `chroot target/test-tools/trixie ...`
 # See scripts/validators.md for the validator commands.
 #
@@ -29,7 +29,7 @@ tree_stamp=.kubestick-test-tree
 
 kv_version=1.37.0
 tree_suite=trixie
-tree_packages=cloud-init,keepalived,systemd,python3-netplan
+tree_packages=cloud-init,keepalived,udev,systemd,python3-netplan
 host_packages=(
   shellcheck ignition systemd mmdebstrap e2fsprogs dosfstools mtools fdisk
   openssl keepalived python3-venv ca-certificates

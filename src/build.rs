@@ -131,7 +131,12 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         cluster.kubernetes_version
     );
     let cache = Cache::open(&cache_root)?;
-    let results = artifacts::fetch_all(req.lock.for_cluster(&cluster).cloned().collect(), &cache, req.fetch.clone(), show)?;
+    let results = artifacts::fetch_all(
+        req.lock.for_cluster(&cluster).cloned().collect(),
+        &cache,
+        req.fetch.clone(),
+        show,
+    )?;
     let mut fetched = Vec::new();
     let mut failures = Vec::new();
     for (artifact, result) in results {

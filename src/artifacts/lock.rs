@@ -270,7 +270,10 @@ mod tests {
         bare.storage = None;
         let bare = names(&bare);
         assert!(bare.contains(&"kubeadm".to_string()));
-        assert!(bare.iter().all(|n| !n.starts_with("rook-") && !n.starts_with("traefik-") && n != "cert-manager.yaml"));
+        assert!(
+            bare.iter()
+                .all(|n| !n.starts_with("rook-") && !n.starts_with("traefik-") && n != "cert-manager.yaml")
+        );
     }
 
     #[test]
@@ -278,7 +281,7 @@ mod tests {
         let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"https://e/x\"\ndigest = \"sha256:zz\"\nsource = \"s\"\n";
         let err = Lock::parse(Path::new("artifacts.lock"), text).unwrap_err();
         let rendered = err.0.render(false);
-        assert!(rendered.contains("artifacts.lock:10:10"), "{rendered}");
+        assert!(rendered.contains("artifacts.lock:15:10"), "{rendered}");
         assert!(rendered.contains("hex digits"), "{rendered}");
     }
 

@@ -407,11 +407,11 @@ fn a_malformed_lock_gets_line_and_column() {
     let lock = s.write("artifacts.lock", "format = 1\n[kubernetes.\"1.36.4\"]\npause_image = \"p\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n\n[[artifact]]\nname = \"kubeadm\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/y\"\nurl = \"https://x/y\"\ndigest = \"sha256:1234\"\nsource = \"s\"\n");
     let err = stderr(&fetch(&s, &lock, &[]).code(2));
     assert!(
-        err.contains("artifacts.lock:11:10") && err.contains("hex digits"),
+        err.contains("artifacts.lock:16:10") && err.contains("hex digits"),
         "{err}"
     );
     let err = stderr(&kubestick().arg("lock").arg("--lock").arg(&lock).assert().code(2));
-    assert!(err.contains("artifacts.lock:11:10"), "{err}");
+    assert!(err.contains("artifacts.lock:16:10"), "{err}");
 }
 
 #[test]

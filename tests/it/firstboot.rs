@@ -48,6 +48,11 @@ const DOUBLES: &[(&str, &str)] = &[
         "unit=$(eval echo \\${$#}); step=${unit#kubestick-}; step=${step%.service}\neval echo \\${FAKE_ACTIVE_$step:-inactive}",
     ),
     ("hostname", "echo cp-2"),
+    // Time passes while a script waits: the cluster gets created meanwhile.
+    (
+        "sleep",
+        "[ -z \"${FAKE_BOOTSTRAP_DURING_SLEEP:-}\" ] || touch \"$FAKE_DIR/state/bootstrap.done\"",
+    ),
     (
         "kubeadm",
         "case \"$1\" in kubeconfig) echo 'apiVersion: v1';; init|join) [ -z \"${FAKE_KUBEADM_FAIL:-}\" ] || exit 1;; esac",
@@ -58,6 +63,9 @@ const DOUBLES: &[(&str, &str)] = &[
          *' get node '*) [ -n \"${FAKE_NODE_EXISTS:-}\" ] || exit 1;;\n\
          *' get pods '*) printf 'etcd-cp-1\\netcd-cp-2\\netcd-cp-3\\n';;\n\
          *' member list'*) printf '%b' \"${FAKE_ETCD_MEMBERS:-}\";;\n\
+         *'get --raw /readyz'*) n=$(cat \"$FAKE_DIR/ready-looks\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$FAKE_DIR/ready-looks\"\n\
+           [ \"$n\" -ge \"${FAKE_READY_AFTER:-0}\" ] || exit 1;;\n\
+         *'apply '*) case \"$*\" in *\"${FAKE_APPLY_FAIL:-(none)}\"*) exit 1;; esac;;\n\
          esac",
     ),
 ];
@@ -557,4 +565,133 @@ fn status_shows_each_step_for_the_console_and_ssh() {
         issue.starts_with("kubestick node cp-2") && !issue.contains('\\'),
         "{issue}"
     );
+}
+
+#[test]
+fn status_on_other_nodes_names_the_node_that_applies_the_addons() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    fs::remove_file(m.path("conf/kubeadm-init.yaml")).unwrap();
+    let out = m.run_script("status", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    let status = fs::read_to_string(m.path("run/status")).unwrap();
+    assert!(status.contains("addons     applied by cp-1"), "{status}");
+}
+
+// --- addons --------------------------------------------------------------------------
+
+fn addons_machine() -> Machine {
+    let m = bootstrap_machine("cp-1", "control-plane");
+    fs::create_dir_all(m.path("manifests")).unwrap();
+    for f in ["traefik-crd-ingressroutes.yaml", "traefik-crd-middlewares.yaml"] {
+        fs::write(m.path(&format!("manifests/{f}")), "kind: test\n").unwrap();
+    }
+    fs::create_dir_all(m.path("state")).unwrap();
+    m
+}
+
+fn run_addons(m: &Machine, extra_env: &[(&str, &str)]) -> Output {
+    let mut env = vec![
+        (
+            "KUBESTICK_MANIFESTS",
+            m.path("manifests").to_string_lossy().into_owned(),
+        ),
+        ("KUBESTICK_ADDONS", "/addons".to_string()),
+        (
+            "KUBESTICK_KUBECONFIG",
+            m.path("k8s/admin.conf").to_string_lossy().into_owned(),
+        ),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    m.run_script("addons", &env)
+}
+
+/// What was applied, in order: the file names of `kubectl apply` and the waits.
+fn applied(m: &Machine) -> Vec<String> {
+    m.calls()
+        .lines()
+        .filter_map(|l| {
+            if l.starts_with("kubectl apply ") {
+                assert!(
+                    l.contains("--server-side --force-conflicts --field-manager=kubestick"),
+                    "not a server-side apply: {l}"
+                );
+                Some(l.rsplit('/').next().unwrap().to_string())
+            } else if l.starts_with("kubectl wait ") || l.starts_with("kubectl -n cert-manager wait") {
+                Some(
+                    if l.contains("crd") {
+                        "(crds established)"
+                    } else {
+                        "(webhook available)"
+                    }
+                    .to_string(),
+                )
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn addons_wait_for_the_cluster_then_apply_network_storage_and_ingress_in_order() {
+    let m = addons_machine();
+    let out = run_addons(&m, &[("FAKE_BOOTSTRAP_DURING_SLEEP", "1"), ("FAKE_READY_AFTER", "2")]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("waiting for the cluster to be created (kubestick-bootstrap)"),
+        "{text}"
+    );
+    assert!(text.contains("waiting for the API server to be ready"), "{text}");
+    assert_eq!(
+        applied(&m),
+        [
+            "flannel.yaml",
+            "rook-crds.yaml",
+            "rook-common.yaml",
+            "rook-csi-operator.yaml",
+            "(crds established)",
+            "rook-operator.yaml",
+            "rook-cluster.yaml",
+            "storageclass.yaml",
+            "traefik-crd-ingressroutes.yaml",
+            "traefik-crd-middlewares.yaml",
+            "traefik.yaml",
+            "cert-manager.yaml",
+            "(crds established)",
+            "(webhook available)",
+            "cluster-issuer.yaml",
+        ]
+    );
+    // Every kubectl call used the cluster's admin credential.
+    let done = fs::read_to_string(m.path("state/addons.done")).unwrap();
+    assert!(
+        done.contains("applied flannel, rook-ceph, traefik, cert-manager"),
+        "{done}"
+    );
+}
+
+#[test]
+fn a_failed_apply_is_retried_whole_and_a_finished_run_is_not_repeated() {
+    let m = addons_machine();
+    fs::write(m.path("state/bootstrap.done"), "created\n").unwrap();
+    let out = run_addons(&m, &[("FAKE_APPLY_FAIL", "rook-operator.yaml")]);
+    assert_eq!(out.status.code(), Some(1), "{}", log(&out));
+    assert!(!m.path("state/addons.done").exists());
+    assert!(!applied(&m).contains(&"traefik.yaml".to_string()));
+
+    let out = run_addons(&m, &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    // Server-side apply makes applying flannel and rook's CRDs a second time harmless.
+    assert_eq!(applied(&m).iter().filter(|a| *a == "flannel.yaml").count(), 2);
+    let calls = m.calls();
+
+    let out = run_addons(&m, &[]);
+    assert!(
+        out.status.success() && log(&out).contains("already done"),
+        "{}",
+        log(&out)
+    );
+    assert_eq!(m.calls(), calls, "a second boot applies nothing");
 }

@@ -2,6 +2,7 @@
 //! thing available offline). `make test-deps` installs them; see scripts/validators.md.
 //! Each validator also gets a broken input, to prove it would catch a mistake.
 
+pub mod addons;
 pub mod kubeadm;
 
 use std::fs;
