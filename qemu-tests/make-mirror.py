@@ -29,7 +29,11 @@ echo "$(date +%s) {name} $*" >> /var/log/kubestick-doubles.log
 EXTRA = {
     "containerd": 'command -v systemd-notify >/dev/null && systemd-notify --ready\nexec sleep infinity\n',
     "kubectl": 'case "$1" in version) echo "Client Version: v{version} (kubestick test double)";; esac\n',
-    "kubeadm": 'case "$1" in version) echo "kubeadm version: v{version} (kubestick test double)";; esac\n',
+    # init/join also record the digest of the --config file, so a test can tell that the
+    # node ran kubeadm with exactly the configuration kubestick rendered for it.
+    "kubeadm": 'case "$1" in version) echo "kubeadm version: v{version} (kubestick test double)";;\n'
+    'init|join) prev=; for a do [ "$prev" = --config ] && echo "$(date +%s) kubeadm $1 config $a sha256=$(sha256sum < "$a" | cut -d" " -f1)" >> /var/log/kubestick-doubles.log; prev=$a; done;;\n'
+    'esac\n',
 }
 
 
