@@ -130,7 +130,8 @@ impl Machine {
             .env("KUBESTICK_K8S", self.path("k8s"))
             .env("KUBESTICK_WAIT_FIRST", "0")
             .env("KUBESTICK_WAIT_MAX", "0")
-            .env("KUBESTICK_RUN", self.path("run"));
+            .env("KUBESTICK_RUN", self.path("run"))
+            .env("KUBESTICK_CONSOLE", self.path("console"));
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -565,6 +566,29 @@ fn status_shows_each_step_for_the_console_and_ssh() {
         issue.starts_with("kubestick node cp-2") && !issue.contains('\\'),
         "{issue}"
     );
+}
+
+#[test]
+fn status_tells_the_console_each_step_that_changed() {
+    let m = bootstrap_machine("cp-1", "control-plane");
+    fs::write(m.path("console"), "").unwrap();
+    let console = || fs::read_to_string(m.path("console")).unwrap();
+    assert!(m.run_script("status", &[("FAKE_ACTIVE_bootstrap", "activating")]).status.success());
+    assert_eq!(
+        console().lines().collect::<Vec<_>>(),
+        [
+            "kubestick: prepare    waiting",
+            "kubestick: storage    waiting",
+            "kubestick: bootstrap  running (journalctl -u kubestick-bootstrap.service)",
+            "kubestick: addons     waiting",
+        ]
+    );
+    fs::create_dir_all(m.path("state")).unwrap();
+    fs::write(m.path("state/bootstrap.done"), "2026-11-24T09:00:00Z created the cluster\n").unwrap();
+    assert!(m.run_script("status", &[]).status.success());
+    assert_eq!(console(), "kubestick: bootstrap  done: created the cluster\n");
+    assert!(m.run_script("status", &[]).status.success());
+    assert_eq!(console(), "", "nothing changed, nothing said");
 }
 
 #[test]
