@@ -65,8 +65,11 @@ start_vm() {
   if [[ $accel == kvm ]]; then cpu=host; else cpu=max; fi
   smp=${VM_SMP:-2}
   # DISK_SIZE larger than the image stands for a bigger USB stick (the root grows into it).
-  qemu-img create -q -f qcow2 -b "$(realpath "$image")" -F raw "$work/$name.qcow2" ${DISK_SIZE:+"$DISK_SIZE"}
-  cp "$OVMF_VARS" "$work/$name.vars.fd"
+  # REBOOT=1 boots the same stick again: the overlay (what the node wrote) is kept.
+  if [[ ${REBOOT:-0} != 1 || ! -f $work/$name.qcow2 ]]; then
+    qemu-img create -q -f qcow2 -b "$(realpath "$image")" -F raw "$work/$name.qcow2" ${DISK_SIZE:+"$DISK_SIZE"}
+    cp "$OVMF_VARS" "$work/$name.vars.fd"
+  fi
   local net=("$@")
   if ((${#net[@]} == 0)); then
     net=(-netdev "user,id=n0,restrict=on" -device "virtio-net-pci,netdev=n0,mac=$mac")
@@ -84,11 +87,26 @@ start_vm() {
 }
 
 stop_vm() {
-  local pidfile=$1/$2.pid
+  local pidfile=$1/$2.pid pid
   if [[ -f $pidfile ]]; then
-    kill "$(cat "$pidfile")" 2>/dev/null || true
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    # Wait for QEMU to let go of its disks before anything reads or reuses them.
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     rm -f "$pidfile"
   fi
+}
+
+# guest_cat WORKDIR NAME PATH: prints a file from the root filesystem of a VM's boot disk
+# (its qcow2 overlay), read offline with debugfs. The VM must be stopped.
+guest_cat() {
+  local work=$1 name=$2 path=$3 raw start
+  raw=$work/$name.inspect.raw
+  qemu-img convert -O raw "$work/$name.qcow2" "$raw"
+  # The root filesystem is the last partition.
+  start=$(sfdisk --json "$raw" | python3 -c 'import json,sys; t=json.load(sys.stdin)["partitiontable"]; print(t["partitions"][-1]["start"] * t.get("sectorsize", 512))')
+  debugfs -R "cat $path" "$raw?offset=$start" 2>/dev/null
+  rm -f "$raw"
 }
 
 # wait_for_line FILE REGEX TIMEOUT_SECONDS: prints the first matching line.
