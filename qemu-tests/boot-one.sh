@@ -3,6 +3,10 @@
 # multi-user.target, cloud-init finishes, and the node reports its hostname, its static
 # address, the by-id name of its virtual SATA disk, and a root filesystem grown to fill a
 # boot disk larger than the image, on the serial console.
+# Then the first-boot steps: alone, the init node runs prepare, storage, bootstrap (kubeadm
+# init, with the config kubestick rendered for it) and addons, in that order, and says so on
+# the console. After a power cut and a second boot of the same stick, none of them runs
+# again. (The Kubernetes binaries are the recording doubles of qemu-tests/make-mirror.py.)
 set -euo pipefail
 # shellcheck source=qemu-tests/lib.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
@@ -36,3 +40,55 @@ wait_for_line "$serial" 'Cloud-init v\. .* finished' 60 >/dev/null || fail "clou
 root_mib=$(sed -E 's/.* root=([0-9]+)MiB.*/\1/' <<<"$report")
 ((root_mib > 3000)) || fail "the root filesystem did not grow to fill the 4 GiB disk (${root_mib} MiB): $report" "$serial"
 log "PASS boot-one: hostname, address and by-id disk as cluster.toml says ($ACCEL, $((SECONDS - start))s)"
+
+# --- first-boot steps ---------------------------------------------------------------------
+for step in prepare storage bootstrap addons; do
+  line=$(wait_for_line "$serial" "kubestick: $step +done" "$timeout") ||
+    fail "the $step step did not finish within ${timeout}s" "$serial"
+  log "after $((SECONDS - start))s: $line"
+done
+# ext4 commits every 5 s; give the last marker time to reach the disk, then cut the power.
+sleep 10
+stop_vm "$work" optiplex-1
+doubles=$(guest_cat "$work" optiplex-1 /var/log/kubestick-doubles.log)
+markers=$(for s in storage bootstrap addons; do printf '%s: ' "$s"; guest_cat "$work" optiplex-1 "/var/lib/kubestick/$s.done"; done)
+log "done markers:"$'\n'"$markers"
+grep -q '^storage: .*nothing to clear\|^storage: .*cleared' <<<"$markers" || fail "storage marker: $markers" "$serial"
+grep -q '^bootstrap: .*created the cluster (kubeadm init)' <<<"$markers" || fail "bootstrap marker: $markers" "$serial"
+grep -q '^addons: .*applied flannel, rook-ceph, traefik, cert-manager' <<<"$markers" || fail "addons marker: $markers" "$serial"
+
+# The steps ran in order: containerd up before kubeadm, kubeadm init before the first apply,
+# and the add-ons from the pod network to the certificate issuer.
+first() { grep -n -m1 -E "$1" <<<"$doubles" | cut -d: -f1; }
+c=$(first ' containerd') k=$(first ' kubeadm init --config') a=$(first ' kubectl apply ')
+[[ -n $c && -n $k && -n $a ]] || fail "containerd, kubeadm init and kubectl apply were not all called: $doubles" "$serial"
+((c < k && k < a)) || fail "out of order (containerd line $c, kubeadm init $k, first apply $a)" "$serial"
+applies=$(grep ' kubectl apply ' <<<"$doubles" | grep -o '[^/]*\.yaml$' | tr '\n' ' ')
+[[ $applies == flannel.yaml\ rook-crds.yaml* && $applies == *traefik.yaml\ cert-manager.yaml\ cluster-issuer.yaml\  ]] ||
+  fail "add-ons applied in the wrong order: $applies" "$serial"
+grep ' kubectl apply ' <<<"$doubles" | grep -vq -- '--server-side' && fail "an add-on was not applied server-side" "$serial"
+
+# kubeadm ran with exactly the configuration kubestick rendered for this node.
+want=$(sha256sum <"$work/out/optiplex-1/files/etc/kubestick/kubeadm-init.yaml" | cut -d' ' -f1)
+grep -q "kubeadm init config /etc/kubestick/kubeadm-init.yaml sha256=$want" <<<"$doubles" ||
+  fail "kubeadm init did not get the rendered kubeadm-init.yaml (sha256 $want): $(grep kubeadm <<<"$doubles")" "$serial"
+log "PASS first boot: prepare, storage, bootstrap (kubeadm init with the rendered config), addons in order"
+
+# --- second boot: nothing runs again ------------------------------------------------------
+mv "$serial" "$work/optiplex-1.first.serial"
+REBOOT=1 DISK_SIZE=4G start_vm optiplex-1 "$image" "$work/sata1.raw" SATA-NODE1 52:54:00:77:00:01 "$work"
+second=$SECONDS
+wait_for_line "$serial" 'kubestick: node=' "$timeout" >/dev/null || fail "no report on the second boot" "$serial"
+wait_for_line "$serial" 'kubestick: addons +done' "$timeout" >/dev/null || fail "no status on the second boot" "$serial"
+log "second boot: report and status after $((SECONDS - second))s"
+sleep 10
+stop_vm "$work" optiplex-1
+again=$(guest_cat "$work" optiplex-1 /var/log/kubestick-doubles.log)
+markers_again=$(for s in storage bootstrap addons; do printf '%s: ' "$s"; guest_cat "$work" optiplex-1 "/var/lib/kubestick/$s.done"; done)
+[[ $markers_again == "$markers" ]] || fail "the done markers changed on the second boot: $markers_again" "$serial"
+before=$(grep -cE ' (kubeadm|kubectl) ' <<<"$doubles")
+after=$(grep -cE ' (kubeadm|kubectl) ' <<<"$again")
+((after == before)) || fail "kubeadm/kubectl ran again on the second boot: $(diff <(echo "$doubles") <(echo "$again") | grep -E 'kubeadm|kubectl')" "$serial"
+grep -q 'kubestick-storage\|kubestick-bootstrap\|kubestick-addons' <(tr -d '\r' <"$serial" | grep -E 'Starting|Started') &&
+  fail "a first-boot unit started on the second boot" "$serial"
+log "PASS second boot: no first-boot step ran again ($before kubeadm/kubectl calls before and after)"

@@ -144,7 +144,8 @@ pub struct SourceArgs {
     /// Fetch from this URL or directory (laid out as <mirror>/<host>/<path>) instead of upstream hosts
     #[arg(long, value_name = "URL|DIR")]
     pub mirror: Option<String>,
-    /// Also fetch files upstream publishes no digest for; their observed digest is recorded and shown
+    /// Also download files upstream publishes no digest for (cert-manager's manifest, for clusters
+    /// with [ingress]); their observed digest is recorded, and later runs use those bytes without this flag
     #[arg(long)]
     pub allow_unpinned: bool,
     /// Cache directory [default: $XDG_CACHE_HOME/kubestick or ~/.cache/kubestick]

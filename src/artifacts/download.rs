@@ -189,6 +189,14 @@ impl<'a> Fetcher<'a> {
     }
 
     fn fetch_unpinned(&self, artifact: &Artifact, bar: &ProgressBar) -> Result<Fetched> {
+        // Bytes the user accepted once (trust on first use, like SSH host keys) are used
+        // again without asking; only a new download needs the opt-in.
+        if let Some(d) = self.cache.observed(&artifact.url)
+            && let Some(mut f) = self.cached(&d)?
+        {
+            f.unpinned = true;
+            return Ok(f);
+        }
         let why = artifact.unpinned.clone().unwrap_or_default();
         if !self.options.allow_unpinned {
             return Err(FetchError::Unpinned {
@@ -197,12 +205,6 @@ impl<'a> Fetcher<'a> {
                 why,
             }
             .into());
-        }
-        if let Some(d) = self.cache.observed(&artifact.url)
-            && let Some(mut f) = self.cached(&d)?
-        {
-            f.unpinned = true;
-            return Ok(f);
         }
         if self.options.offline {
             return Err(FetchError::offline(artifact).into());

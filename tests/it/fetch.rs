@@ -344,6 +344,12 @@ fn unpinned_files_need_an_opt_in_and_their_digest_is_reported() {
     assert!(out.contains(&format!("UNPINNED, observed {}", sha256(&data))), "{out}");
     let out = stdout(&fetch(&s, &lock, &["--allow-unpinned", "--offline"]).success());
     assert!(out.contains("cached") && out.contains("UNPINNED"), "{out}");
+    // Accepted once, those exact bytes are used again without the flag, and still shown
+    // as unpinned; nothing is downloaded again.
+    let requests = server.requests().len();
+    let out = stdout(&fetch(&s, &lock, &[]).success());
+    assert!(out.contains("cached") && out.contains("UNPINNED"), "{out}");
+    assert_eq!(server.requests().len(), requests);
 }
 
 #[test]
