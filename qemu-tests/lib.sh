@@ -105,6 +105,9 @@ guest_cat() {
   qemu-img convert -O raw "$work/$name.qcow2" "$raw"
   # The root filesystem is the last partition.
   start=$(sfdisk --json "$raw" | python3 -c 'import json,sys; t=json.load(sys.stdin)["partitiontable"]; print(t["partitions"][-1]["start"] * t.get("sectorsize", 512))')
+  # After a power cut the newest writes may be only in the ext4 journal, which debugfs does
+  # not read: replay it into the copy first, as the next boot would.
+  e2fsck -y -E journal_only "$raw?offset=$start" >/dev/null 2>&1 || true
   debugfs -R "cat $path" "$raw?offset=$start" 2>/dev/null
   rm -f "$raw"
 }
