@@ -166,6 +166,8 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         images.push(out);
     }
     image::write_checksums(images_dir, &images)?;
+    // What `kubestick vm` needs to boot these images as a rehearsal (no secrets in it).
+    crate::vm::manifest::Manifest::from_cluster(&cluster).write(images_dir)?;
 
     println!(
         "Built {} image{} ({} each, sparse):",
@@ -177,6 +179,11 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         println!("  {}", image.display());
     }
     println!("  {}", images_dir.join("SHA256SUMS").display());
+    println!(
+        "  {}  (for `kubestick vm up {}`, a rehearsal in VMs)",
+        images_dir.join(crate::vm::manifest::FILE_NAME).display(),
+        images_dir.display()
+    );
     println!(
         "The images hold the cluster's secrets (mode 0600): keep them and the USB sticks private.\n\
          Next: `kubestick flash {} /dev/sdX` for each node.",

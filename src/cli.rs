@@ -105,6 +105,9 @@ pub enum Command {
         #[arg(long)]
         state: Option<PathBuf>,
     },
+    /// Rehearse a built cluster as VMs on this machine (QEMU, no root): up, status, console,
+    /// stop/start a node, down, destroy
+    Vm(crate::vm::VmArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +231,7 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
             styled,
         }),
         Command::Flash(args) => crate::flash::run(&args),
+        Command::Vm(args) => crate::vm::run(args),
         Command::Lock {
             kubernetes,
             lock,

@@ -15,3 +15,4 @@ pub mod render;
 pub mod rootfs;
 pub mod secrets;
 pub mod spec;
+pub mod vm;
