@@ -573,7 +573,11 @@ fn status_tells_the_console_each_step_that_changed() {
     let m = bootstrap_machine("cp-1", "control-plane");
     fs::write(m.path("console"), "").unwrap();
     let console = || fs::read_to_string(m.path("console")).unwrap();
-    assert!(m.run_script("status", &[("FAKE_ACTIVE_bootstrap", "activating")]).status.success());
+    assert!(
+        m.run_script("status", &[("FAKE_ACTIVE_bootstrap", "activating")])
+            .status
+            .success()
+    );
     assert_eq!(
         console().lines().collect::<Vec<_>>(),
         [
@@ -584,7 +588,11 @@ fn status_tells_the_console_each_step_that_changed() {
         ]
     );
     fs::create_dir_all(m.path("state")).unwrap();
-    fs::write(m.path("state/bootstrap.done"), "2026-11-24T09:00:00Z created the cluster\n").unwrap();
+    fs::write(
+        m.path("state/bootstrap.done"),
+        "2026-11-24T09:00:00Z created the cluster\n",
+    )
+    .unwrap();
     assert!(m.run_script("status", &[]).status.success());
     assert_eq!(console(), "kubestick: bootstrap  done: created the cluster\n");
     assert!(m.run_script("status", &[]).status.success());
