@@ -36,6 +36,65 @@ EXTRA = {
     'esac\n',
 }
 
+# --- A stand-in API server for the `kubestick vm` drills (qemu-tests/drills.sh) -----------
+# With the doubles no kube-apiserver runs, yet the drills need the API virtual IP to answer
+# the way a real control plane makes it answer: keepalived's health check
+# (templates/keepalived/check-apiserver: curl -k https://127.0.0.1:6443/livez) must pass on
+# control-plane nodes, and a joining node's bootstrap step only joins when /livez at the VIP
+# answers with a certificate that chains to the cluster CA. So, as the real tools do:
+# kubeadm init and kubeadm join of a control-plane node issue an API server certificate
+# from the node's CA (/etc/kubernetes/pki, for the VIP, the node's address and 127.0.0.1)
+# and leave a static-pod manifest; the kubelet double serves /livez over TLS on :6443
+# while that manifest exists, as the kubelet runs the static pod (after a reboot too);
+# kubeadm reset removes the manifest. Answers carry X-Kubestick-Double-Node: <hostname>,
+# so a drill can tell which node answered at the VIP. (EXTRA strings pass through
+# str.format, so these use no braces.)
+APISERVER_KUBEADM = r"""case "$1" in
+init|join)
+    config=; prev=; for a do [ "$prev" = --config ] && config=$a; prev=$a; done
+    if [ "$1" = init ] || grep -q '^controlPlane:' "$config" 2>/dev/null; then
+        . /etc/kubestick/node.env
+        pki=/etc/kubernetes/pki; tmp=$(mktemp -d)
+        printf 'subjectAltName=IP:%s,IP:%s,IP:127.0.0.1\n' "$(echo "$KUBESTICK_API_ENDPOINT" | cut -d: -f1)" "$KUBESTICK_NODE_IP" > "$tmp/ext"
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=kube-apiserver \
+            -keyout "$pki/apiserver.key" -out "$tmp/csr" 2>/dev/null
+        openssl x509 -req -in "$tmp/csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -days 365 \
+            -set_serial "0x$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')" -extfile "$tmp/ext" -out "$pki/apiserver.crt" 2>/dev/null
+        rm -rf "$tmp"
+        mkdir -p /etc/kubernetes/manifests
+        echo "# kubestick test double: the kubelet double serves /livez on :6443 while this exists" > /etc/kubernetes/manifests/kube-apiserver.yaml
+        systemctl restart --no-block kubelet.service
+    fi;;
+reset)
+    rm -f /etc/kubernetes/manifests/kube-apiserver.yaml
+    systemctl restart --no-block kubelet.service;;
+esac
+"""
+APISERVER_KUBELET = r"""[ -e /etc/kubernetes/manifests/kube-apiserver.yaml ] && exec python3 - <<'EOF'
+import http.server, socket, ssl
+class Handler(http.server.BaseHTTPRequestHandler):
+    timeout = 10
+    def do_GET(self):
+        ok = self.path.split("?")[0] in ("/livez", "/readyz", "/healthz")
+        body = b"ok" if ok else b"kubestick test double: only /livez, /readyz and /healthz"
+        self.send_response(200 if ok else 404)
+        self.send_header("X-Kubestick-Double-Node", socket.gethostname())
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("0.0.0.0", 6443), Handler)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain("/etc/kubernetes/pki/apiserver.crt", "/etc/kubernetes/pki/apiserver.key")
+# The handshake happens in the handler's thread, so a silent client never blocks accept().
+server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+server.serve_forever()
+EOF
+"""
+EXTRA["kubeadm"] += APISERVER_KUBEADM
+EXTRA["kubelet"] = EXTRA.get("kubelet", "") + APISERVER_KUBELET
+
 
 def script(name, version):
     extra = EXTRA.get(name, "").format(version=version)

@@ -32,13 +32,20 @@ impl Summary {
         self.steps.iter().find(|(s, _)| s == name).map(|(_, v)| v.as_str())
     }
 
-    /// "bootstrap: running (...)": the furthest step that said anything.
+    /// The first step not finished yet ("bootstrap: running (...)"), or "all steps done".
     pub fn progress(&self) -> String {
+        if self.steps.is_empty() {
+            return "-".to_string();
+        }
+        let finished = |state: &str| state.starts_with("done") || state.starts_with("applied by");
         STEPS
             .iter()
-            .rev()
-            .find_map(|s| self.step(s).map(|state| format!("{s}: {state}")))
-            .unwrap_or_else(|| "-".to_string())
+            .find_map(|s| match self.step(s) {
+                Some(state) if finished(state) => None,
+                Some(state) => Some(format!("{s}: {state}")),
+                None => Some(format!("{s}: -")),
+            })
+            .unwrap_or_else(|| "all steps done".to_string())
     }
 }
 
@@ -77,10 +84,11 @@ pub fn summarize(log: &str) -> Summary {
         } else if line.starts_with(POWER_ON) {
             s.report = None;
         }
-        if let Some(i) = line.find("kubestick: ") {
-            let rest = &line[i + "kubestick: ".len()..];
+        // The node's own lines start the console line; systemd's mention "kubestick: " later
+        // (in unit descriptions such as "kubestick: prepare the node for Kubernetes").
+        if let Some(rest) = line.trim_start().strip_prefix("kubestick: ") {
             if rest.starts_with("node=") {
-                s.report = Some(line[i..].trim_end().to_string());
+                s.report = Some(line.trim().to_string());
             } else if let Some((step, state)) = rest.split_once(' ')
                 && STEPS.contains(&step)
             {
@@ -119,6 +127,7 @@ mod tests {
 [    0.000000] Linux version 6.12.48+deb13-amd64 (debian-kernel@lists.debian.org)\n\
          Starting \x1b[0;1;39mkubestick-prepare.service\x1b[0m - kubestick: prepare the node...\r\n\
 kubestick: prepare    done\r\n\
+[   34.413361] systemd[1]: Finished kubestick-prepare.service - kubestick: prepare the node for Kubernetes.\n\
 kubestick: storage    waiting\n\
 kubestick: bootstrap  waiting\n\
 [   90.207347] storage[712]: kubestick-storage: /dev/disk/by-id/ata-QEMU_HARDDISK_SATA-NODE1 (/dev/sda) is empty: nothing to clear, rook will use it\n\
@@ -144,7 +153,7 @@ kubestick: bootstrap  done: created the cluster (kubeadm init)\n";
             Some("done: /dev/disk/by-id/ata-QEMU_HARDDISK_SATA-NODE1 (/dev/sda) is empty")
         );
         assert_eq!(s.step("addons"), None);
-        assert_eq!(s.progress(), "bootstrap: done: created the cluster (kubeadm init)");
+        assert_eq!(s.progress(), "addons: -");
         assert!(
             s.last_message
                 .unwrap()
@@ -161,6 +170,13 @@ kubestick: bootstrap  done: created the cluster (kubeadm init)\n";
         assert_eq!(s.boots, 2);
         assert_eq!(s.report, None);
         assert_eq!(s.step("bootstrap"), Some("done: created the cluster (kubeadm init)"));
+        let all = format!("{log}kubestick: addons     applied by optiplex-1\n");
+        assert_eq!(summarize(&all).progress(), "all steps done");
+        let waiting = format!("{log}kubestick: bootstrap  running (journalctl -u kubestick-bootstrap.service)\n");
+        assert_eq!(
+            summarize(&waiting).progress(),
+            "bootstrap: running (journalctl -u kubestick-bootstrap.service)"
+        );
         assert!(since_power_on(&log).starts_with(POWER_ON));
         assert!(!since_power_on(&log).contains("node=optiplex-1"));
     }

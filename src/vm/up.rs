@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::{IsTerminal as _, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -197,7 +198,13 @@ fn prepare(out: &Path, saved: &Saved, node: &Node, files: &NodeDir, sata: bool, 
     }
     if sata && !files.sata.exists() {
         let partial = files.dir.join("sata.raw.partial");
-        let f = fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(fsx::SECRET_MODE)
+            .open(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
         f.set_len(u64::from(saved.settings.disk_gib) * GIB)?;
         f.sync_all()?;
         fs::rename(&partial, &files.sata)?;
