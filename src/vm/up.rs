@@ -188,6 +188,8 @@ fn prepare(out: &Path, saved: &Saved, node: &Node, files: &NodeDir, sata: bool, 
                 image.display()
             );
         }
+        // The guest writes its keys and tokens into it.
+        fs::set_permissions(&partial, fs::Permissions::from_mode(fsx::SECRET_MODE))?;
         fsx::write_atomic(&files.image_stamp, format!("{stamp}\n").as_bytes(), fsx::PUBLIC_MODE)?;
         fs::rename(&partial, &files.boot)?;
     }
