@@ -1,8 +1,15 @@
 //! The private L2 segment the VMs share: an Ethernet hub on a unix socket. QEMU attaches
 //! with `-netdev stream,server=off,addr.type=unix,...`; each frame travels as a 4-byte
-//! big-endian length followed by the Ethernet frame, and the hub copies every frame to
-//! every other port (QEMU's `-netdev socket`/`dgram` are point-to-point; a third peer is
-//! silently ignored, and multicast is not allowed on the development machines).
+//! big-endian length followed by the Ethernet frame (QEMU's `-netdev socket`/`dgram` are
+//! point-to-point; a third peer is silently ignored, and multicast is not allowed on the
+//! development machines).
+//!
+//! Broadcast, multicast and frames for a MAC not seen yet go to every other port; a frame
+//! for a MAC the hub has seen as a source goes only to that port, as a learning switch does.
+//! Copying every frame everywhere is not enough here: the host's port is QEMU's user-mode
+//! network, which takes every TCP segment it receives as its own to handle and, restricted,
+//! answers a connection attempt between two nodes with a reset before the real peer can
+//! accept it.
 //!
 //! Ports come and go (`kubestick vm stop NODE` kills a QEMU, `vm start` brings a new one);
 //! a port that does not keep up loses frames instead of stalling the others, as a switch
@@ -12,7 +19,7 @@
 //! that to a JSON file when it changes: keepalived announces a virtual IP it takes over with
 //! gratuitous ARP, so this tells `kubestick vm status` which node holds the API address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, Shutdown};
 use std::os::unix::fs::PermissionsExt as _;
@@ -50,6 +57,8 @@ pub type ArpTable = BTreeMap<Ipv4Addr, ArpEntry>;
 
 pub struct Hub {
     ports: Mutex<Vec<Port>>,
+    /// Source MAC → the port it was last seen on.
+    macs: Mutex<HashMap<[u8; 6], u64>>,
     next_id: AtomicU64,
     arp: Mutex<ArpTable>,
     arp_file: Option<PathBuf>,
@@ -60,6 +69,7 @@ impl Hub {
     pub fn new(arp_file: Option<PathBuf>) -> Arc<Hub> {
         Arc::new(Hub {
             ports: Mutex::new(Vec::new()),
+            macs: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             arp: Mutex::new(ArpTable::new()),
             arp_file,
@@ -109,6 +119,8 @@ impl Hub {
                 Err(e) => format!("dropped: {e}"),
             };
             hub.ports.lock().expect("hub lock").retain(|p| p.id != id);
+            // Frames for its MACs are flooded again until they show up on another port.
+            hub.macs.lock().expect("mac lock").retain(|_, port| *port != id);
             let _ = stream.shutdown(Shutdown::Both);
             log(&format!("port {id} {why} ({} ports)", hub.port_count()));
         });
@@ -137,14 +149,32 @@ impl Hub {
             if n == 0 {
                 continue;
             }
+            if n < 14 {
+                continue; // not even an Ethernet header
+            }
             self.snoop_arp(&buf[4..]);
+            let to = self.learn_and_route(id, &buf[4..]);
             let frame: Frame = Arc::new(buf);
-            for port in self.ports.lock().expect("hub lock").iter().filter(|p| p.id != id) {
+            let ports = self.ports.lock().expect("hub lock");
+            for port in ports.iter().filter(|p| p.id != id && to.is_none_or(|t| t == p.id)) {
                 if let Err(TrySendError::Full(_)) = port.tx.try_send(Arc::clone(&frame)) {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+    }
+
+    /// Notes the sender's MAC on port `from`; returns the one port the frame is for, or
+    /// `None` to send it to all others.
+    fn learn_and_route(&self, from: u64, frame: &[u8]) -> Option<u64> {
+        let mac = |b: &[u8]| -> [u8; 6] { b.try_into().expect("6 bytes") };
+        let (dst, src) = (mac(&frame[0..6]), mac(&frame[6..12]));
+        let group = |m: &[u8; 6]| m[0] & 1 == 1;
+        let mut macs = self.macs.lock().expect("mac lock");
+        if !group(&src) {
+            macs.insert(src, from);
+        }
+        if group(&dst) { None } else { macs.get(&dst).copied() }
     }
 
     fn snoop_arp(&self, frame: &[u8]) {
@@ -296,19 +326,46 @@ mod tests {
     }
 
     #[test]
-    fn every_frame_reaches_every_other_port_and_never_the_sender() {
+    fn broadcasts_reach_every_other_port_and_never_the_sender() {
         let seg = segment();
         let (mut a, mut b, mut c) = (seg.connect(), seg.connect(), seg.connect());
         let f1 = ethernet([0xff; 6], [2, 0, 0, 0, 0, 1], b"from a");
         send(&mut a, &f1);
         assert_eq!(recv(&mut b), f1);
         assert_eq!(recv(&mut c), f1);
-        let f2 = ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 3], b"from c");
+        // Multicast (VRRP's 01:00:5e:00:00:12) likewise.
+        let f2 = ethernet([1, 0, 0x5e, 0, 0, 0x12], [2, 0, 0, 0, 0, 3], b"from c");
         send(&mut c, &f2);
         assert_eq!(recv(&mut a), f2);
         assert_eq!(recv(&mut b), f2);
         assert!(silent(&mut a));
         assert!(silent(&mut c));
+    }
+
+    #[test]
+    fn unicast_goes_only_to_the_port_its_mac_was_seen_on() {
+        let seg = segment();
+        let (mut a, mut b, mut host) = (seg.connect(), seg.connect(), seg.connect());
+        let (mac_a, mac_b) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        // Before b has said anything, a frame for it is flooded.
+        let unknown = ethernet(mac_b, mac_a, b"who are you");
+        send(&mut a, &unknown);
+        assert_eq!(recv(&mut b), unknown);
+        assert_eq!(recv(&mut host), unknown);
+        // Once b has sent a frame, frames for it reach b and nobody else.
+        send(&mut b, &ethernet(mac_a, mac_b, b"hello a"));
+        assert_eq!(recv(&mut a), ethernet(mac_a, mac_b, b"hello a"));
+        let known = ethernet(mac_b, mac_a, b"just for b");
+        send(&mut a, &known);
+        assert_eq!(recv(&mut b), known);
+        assert!(silent(&mut host), "the host's port saw a frame between two nodes");
+        // b's VM is killed and started again on a new port: flooded until it speaks again.
+        drop(b);
+        wait_for("the port to detach", || seg.hub.port_count() == 2);
+        let mut b2 = seg.connect();
+        send(&mut a, &known);
+        assert_eq!(recv(&mut b2), known);
+        assert_eq!(recv(&mut host), known);
     }
 
     #[test]

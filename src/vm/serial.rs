@@ -11,6 +11,9 @@
 /// The first-boot steps in the order they run.
 pub const STEPS: [&str; 4] = ["prepare", "storage", "bootstrap", "addons"];
 
+/// How the node's status unit words a step's state (templates/firstboot/status).
+const STATES: [&str; 5] = ["done", "running", "FAILED", "waiting", "applied by"];
+
 /// Written into the serial log by `kubestick vm` each time it powers a node on.
 pub const POWER_ON: &str = "[kubestick vm] power on:";
 
@@ -84,13 +87,16 @@ pub fn summarize(log: &str) -> Summary {
         } else if line.starts_with(POWER_ON) {
             s.report = None;
         }
-        // The node's own lines start the console line; systemd's mention "kubestick: " later
-        // (in unit descriptions such as "kubestick: prepare the node for Kubernetes").
-        if let Some(rest) = line.trim_start().strip_prefix("kubestick: ") {
+        // The node's own lines; a login prompt may precede them on the same console line.
+        // systemd's lines mention "kubestick: " too, in unit descriptions ("kubestick:
+        // prepare the node for Kubernetes"), which never read like a step's state.
+        for (i, _) in line.match_indices("kubestick: ") {
+            let rest = &line[i + "kubestick: ".len()..];
             if rest.starts_with("node=") {
-                s.report = Some(line.trim().to_string());
+                s.report = Some(line[i..].trim_end().to_string());
             } else if let Some((step, state)) = rest.split_once(' ')
                 && STEPS.contains(&step)
+                && STATES.iter().any(|p| state.trim_start().starts_with(p))
             {
                 let state = state.trim().to_string();
                 match steps.iter_mut().find(|(n, _)| n == step) {
@@ -126,8 +132,9 @@ mod tests {
 [kubestick vm] power on: optiplex-1 at 1764000000 (tcg)\n\
 [    0.000000] Linux version 6.12.48+deb13-amd64 (debian-kernel@lists.debian.org)\n\
          Starting \x1b[0;1;39mkubestick-prepare.service\x1b[0m - kubestick: prepare the node...\r\n\
-kubestick: prepare    done\r\n\
+optiplex-1 login: kubestick: prepare    done\r\n\
 [   34.413361] systemd[1]: Finished kubestick-prepare.service - kubestick: prepare the node for Kubernetes.\n\
+[   90.262891] systemd[1]: Finished kubestick-storage.service - kubestick: prepare this node's disk for ceph.\n\
 kubestick: storage    waiting\n\
 kubestick: bootstrap  waiting\n\
 [   90.207347] storage[712]: kubestick-storage: /dev/disk/by-id/ata-QEMU_HARDDISK_SATA-NODE1 (/dev/sda) is empty: nothing to clear, rook will use it\n\

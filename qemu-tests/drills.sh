@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# The rehearsal drills: the three-node cluster of qemu-tests/cluster.toml, built with the
+# test-double artifacts, booted with `kubestick vm` (no root; nothing leaves 127.0.0.1),
+# and checked the way a person would check real PCs:
+#   1  every node boots; hostname, address and by-id disk name are what cluster.toml says;
+#      every node reaches the other two
+#   2  the API virtual IP answers; its holder loses power; the VIP answers from another
+#      node; the failover time is measured (target: FAILOVER_MAX seconds, default 2)
+#   3  a node reboots: no first-boot step runs again
+#   4  re-flashed sticks: a node whose SATA disk carries a ceph bluestore label keeps it;
+#      a node whose disk carries an old partition table gets it cleared
+#   5  late joiner: the third node is powered on after the first two finished; it joins
+#   6  boot time to "bootstrap step reached" (and done) per node
+# Usage: drills.sh [DRILL...]   (default: all). KEEP_WORK=1 keeps the VMs and files.
+# Each failure prints the part of the node's serial log that explains it.
+set -euo pipefail
+# shellcheck source=qemu-tests/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+
+declare -A want=()
+for d in "${@:-1 2 3 4 5 6}"; do
+  for n in $d; do
+    [[ $n =~ ^[1-6]$ ]] || { echo "usage: $0 [DRILL...] (drills are 1 to 6)" >&2; exit 2; }
+    want[$n]=1
+  done
+done
+wanted() { [[ -n ${want[$1]:-} ]]; }
+
+NODES=(optiplex-1 optiplex-2 optiplex-3)
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
+FAILOVER_MAX=${FAILOVER_MAX:-2}
+work=$(mktemp -d "${TMPDIR:-/tmp}/kubestick-drills.XXXXXX")
+out=$work/out
+suite_start=$SECONDS
+
+cleanup() {
+  if [[ -n ${KEEP_WORK:-} ]]; then
+    log "kept $work (VMs still running: \`$KUBESTICK vm destroy -o $out\` removes them)"
+  else
+    "$KUBESTICK" vm destroy -o "$out" >/dev/null 2>&1 || true
+    rm -rf "$work"
+  fi
+}
+trap cleanup EXIT
+
+vm() { "$KUBESTICK" vm "$@"; }
+serial_of() { echo "$out/vm/$1/serial.log"; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+# The serial log without colours and carriage returns: all of it, or since the last time
+# kubestick vm powered the node on.
+clean_log() { tr -d '\r' <"$(serial_of "$1")" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g'; }
+since_power_on() { clean_log "$1" | tac | sed '/^\[kubestick vm\] power on:/q' | tac; }
+
+# drill_fail NODE MESSAGE: the message, then what the node said about its first-boot steps
+# and the end of its serial log since it was powered on.
+drill_fail() {
+  local node=$1 msg=$2
+  {
+    printf 'FAIL: %s\n' "$msg"
+    printf -- '--- %s: kubestick lines since power-on (%s) ---\n' "$node" "$(serial_of "$node")"
+    since_power_on "$node" | grep -aE 'kubestick|Failed|FAILED|error' | tail -n 25 || true
+    printf -- '--- %s: last lines ---\n' "$node"
+    since_power_on "$node" | tail -n 15
+  } >&2
+  exit 1
+}
+
+# wait_node NODE REGEX TIMEOUT: the first line since power-on matching REGEX.
+wait_node() {
+  local node=$1 regex=$2 timeout=$3 start=$SECONDS line
+  while ((SECONDS - start < timeout)); do
+    if line=$(since_power_on "$node" | grep -aE -m1 -- "$regex"); then
+      printf '%s\n' "$line"
+      return 0
+    fi
+    sleep 1
+  done
+  return 1
+}
+
+# ssh_node NODE COMMAND...: as the admin user, with the key this test put into cluster.toml,
+# through the port kubestick forwards from 127.0.0.1 to the node's address.
+declare -A ssh_port=()
+api_port=
+ssh_node() {
+  local node=$1
+  shift
+  ssh -i "$work/id" -p "${ssh_port[$node]}" -o BatchMode=yes -o ConnectTimeout=10 \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR kube@127.0.0.1 "$@"
+}
+
+# api_probe: one request to the API virtual IP through the forward, checked against the
+# cluster CA as a kubeconfig would; prints which node answered.
+api_probe() {
+  curl --silent --max-time "${1:-3}" --cacert "$work/ca.crt" --connect-to "10.77.0.10:6443:127.0.0.1:$api_port" \
+    --dump-header - --output /dev/null https://10.77.0.10:6443/livez |
+    tr -d '\r' | sed -n 's/^X-Kubestick-Double-Node: //Ip'
+}
+
+# --- the cluster: qemu-tests/cluster.toml with an SSH key made for this run --------------
+log "building the rehearsal cluster with the test-double artifacts"
+ssh-keygen -q -t ed25519 -N '' -C kubestick-drills -f "$work/id"
+python3 "$QT_DIR/make-mirror.py" "$REPO" "$work/doubles"
+python3 - "$QT_DIR/cluster.toml" "$work/cluster.toml" "$(cat "$work/id.pub")" <<'EOF'
+import re, sys
+src, dst, key = sys.argv[1:]
+text = open(src).read()
+text, n = re.subn(r'ssh_authorized_keys = \[\n.*?\n\]', 'ssh_authorized_keys = [\n  "%s",\n]' % key, text, flags=re.S)
+assert n == 1, "no ssh_authorized_keys list in " + src
+open(dst, "w").write(text)
+EOF
+"$KUBESTICK" build "$work/cluster.toml" -o "$out" --lock "$work/doubles/artifacts.lock" \
+  --mirror "$work/doubles/mirror" --cache "${KUBESTICK_TEST_CACHE:-$REPO/target/qemu-tests-cache}" \
+  >"$work/build.log" 2>&1 || fail "kubestick build failed" "$work/build.log"
+grep certificate-authority-data "$out/admin.conf" | awk '{print $2}' | base64 -d >"$work/ca.crt"
+
+# --- boot; time each node to its bootstrap step (drill 6) ---------------------------------
+declare -A powered=() reached=() bootstrapped=()
+first=("${NODES[@]}")
+wanted 5 && first=(optiplex-1 optiplex-2)
+log "powering on ${first[*]}"
+for n in "${first[@]}"; do powered[$n]=$(now); done
+vm up "$out" "${first[@]}" --cpus 1 --memory 1536 >"$work/up.log" 2>&1 || fail "kubestick vm up failed" "$work/up.log"
+grep -h notice "$work/up.log" >&2 || true
+eval "$(vm status -o "$out" --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print("api_port=%d" % s["api"]["host_port"])
+for n in s["nodes"]:
+    print("ssh_port[%s]=%d" % (n["name"], n["ssh_port"]))
+')"
+
+# bootstrapped NODE...: waits until each node's bootstrap step is done, noting when the step
+# was reached (its unit started) and when it finished.
+await_bootstrap() {
+  local start=$SECONDS pending n line
+  while true; do
+    pending=()
+    for n in "$@"; do
+      if [[ -z ${reached[$n]:-} ]] && since_power_on "$n" | grep -aqE 'Starting kubestick-bootstrap\.service'; then
+        reached[$n]=$(now)
+      fi
+      if [[ -z ${bootstrapped[$n]:-} ]] && line=$(since_power_on "$n" | grep -aE -m1 'kubestick: bootstrap +done'); then
+        bootstrapped[$n]=$(now)
+        log "$n: ${line#*kubestick: } ($(elapsed "${powered[$n]}" "${bootstrapped[$n]}")s after power-on)"
+      fi
+      [[ -n ${bootstrapped[$n]:-} ]] || pending+=("$n")
+    done
+    ((${#pending[@]} == 0)) && return 0
+    if ((SECONDS - start > BOOT_TIMEOUT)); then
+      drill_fail "${pending[0]}" "${pending[*]} did not finish the bootstrap step within ${BOOT_TIMEOUT}s"
+    fi
+    sleep 1
+  done
+}
+await_bootstrap "${first[@]}"
+
+if wanted 5; then
+  log "drill 5: optiplex-1 and optiplex-2 formed the cluster; powering on optiplex-3 now"
+  powered[optiplex-3]=$(now)
+  vm start optiplex-3 -o "$out" >>"$work/up.log" 2>&1 || fail "kubestick vm start optiplex-3 failed" "$work/up.log"
+  await_bootstrap optiplex-3
+  line=$(since_power_on optiplex-3 | grep -aE -m1 'kubestick: bootstrap +done')
+  [[ $line == *"joined the cluster"* ]] || drill_fail optiplex-3 "the late node did not join: $line"
+  ssh_node optiplex-3 grep -q "'kubeadm join --config /etc/kubestick/kubeadm-join.yaml'" /var/log/kubestick-doubles.log ||
+    drill_fail optiplex-3 "the late node's bootstrap step never ran kubeadm join"
+  log "PASS drill 5: optiplex-3, powered on after the others finished, joined the cluster"
+fi
+
+# Drill 6's numbers, taken now: later drills power nodes off and on again.
+accel=$(vm status -o "$out" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accel"])')
+first_boot_times=
+for n in "${NODES[@]}"; do
+  first_boot_times+=$(printf '  %-11s bootstrap step reached %6ss, done %6ss after power-on' "$n" \
+    "$(elapsed "${powered[$n]}" "${reached[$n]}")" "$(elapsed "${powered[$n]}" "${bootstrapped[$n]}")")$'\n'
+done
+
+if wanted 1; then
+  for n in "${NODES[@]}"; do
+    ip=$(python3 -c 'import json,sys; print(next(x["ip"] for x in json.load(open(sys.argv[1]))["nodes"] if x["name"] == sys.argv[2]))' "$out/cluster.json" "$n")
+    disk=$(python3 -c 'import json,sys; print(next(x["disk"] for x in json.load(open(sys.argv[1]))["nodes"] if x["name"] == sys.argv[2]))' "$out/cluster.json" "$n")
+    report=$(wait_node "$n" 'kubestick: node=' 60) || drill_fail "$n" "$n printed no identity line"
+    report=${report#*kubestick: }
+    [[ $report == "node=$n "* ]] || drill_fail "$n" "hostname is not $n: $report"
+    [[ $report == *" lan0=$ip/24 "* ]] || drill_fail "$n" "lan0 does not have $ip/24: $report"
+    [[ " ${report#*disks=} " == *" ${disk##*/} "* ]] || drill_fail "$n" "the SATA disk is not $disk: $report"
+    # The same, asked over SSH, plus the other two nodes answering from this one.
+    [[ $(ssh_node "$n" hostname) == "$n" ]] || drill_fail "$n" "hostname over SSH is not $n"
+    ssh_node "$n" test -b "$disk" || drill_fail "$n" "$disk is not a block device on $n"
+    for other in "${NODES[@]}"; do
+      [[ $other == "$n" ]] && continue
+      oip=$(python3 -c 'import json,sys; print(next(x["ip"] for x in json.load(open(sys.argv[1]))["nodes"] if x["name"] == sys.argv[2]))' "$out/cluster.json" "$other")
+      ssh_node "$n" sudo ping -c 2 -W 3 "$oip" >/dev/null || drill_fail "$n" "$n does not reach $other ($oip)"
+    done
+    log "$n: $report; reaches the other two"
+  done
+  log "PASS drill 1: hostnames, addresses and by-id disks as cluster.toml says; every node reaches the other two"
+fi
+
+if wanted 2; then
+  holder=$(api_probe) || true
+  [[ -n $holder ]] || drill_fail optiplex-1 "the API virtual IP does not answer through 127.0.0.1:$api_port"
+  others=()
+  for n in "${NODES[@]}"; do [[ $n != "$holder" ]] && others+=("$n"); done
+  # A takeover needs a healthy API on the others: keepalived's check there must pass first.
+  for n in "${others[@]}"; do
+    ok=
+    for _ in $(seq 30); do
+      if ssh_node "$n" curl -sfk --max-time 3 https://127.0.0.1:6443/livez >/dev/null; then ok=1; break; fi
+      sleep 2
+    done
+    [[ -n $ok ]] || drill_fail "$n" "the API on $n never answered, so it could not take the virtual IP over"
+  done
+  sleep 5 # keepalived's check needs two passes (rise 2) before the node counts as healthy
+  log "drill 2: the API VIP answers from $holder; cutting its power"
+  : >"$work/probes"
+  killed=$(now)
+  vm stop "$holder" -o "$out" >/dev/null
+  # A new request every 100 ms, each on its own connection, records when and who answered.
+  deadline=$(($(date +%s) + 30))
+  while (($(date +%s) < deadline)); do
+    (
+      node=$(api_probe 2) && [[ -n $node ]] && echo "$(now) $node" >>"$work/probes"
+    ) &
+    sleep 0.1
+    if awk -v h="$holder" '$2 != h { found = 1 } END { exit !found }' "$work/probes"; then break; fi
+  done
+  wait
+  answer=$(awk -v h="$holder" '$2 != h' "$work/probes" | sort -n | head -n 1)
+  [[ -n $answer ]] || drill_fail "${others[0]}" "no other node answered at the VIP within 30s after $holder lost power"
+  failover=$(elapsed "$killed" "${answer%% *}")
+  log "drill 2: the VIP answered from ${answer#* } ${failover}s after $holder lost power"
+  vm status -o "$out" | grep -q "VIP held by ${answer#* }" || log "note: vm status does not yet show ${answer#* } as the VIP holder"
+  awk -v f="$failover" -v m="$FAILOVER_MAX" 'BEGIN { exit !(f <= m) }' ||
+    drill_fail "${answer#* }" "failover took ${failover}s, more than ${FAILOVER_MAX}s"
+  log "PASS drill 2: VIP failover from $holder to ${answer#* } in ${failover}s (target ${FAILOVER_MAX}s)"
+  # Back on: the node boots from the same stick, after a power cut.
+  powered[$holder]=$(now)
+  vm start "$holder" -o "$out" >>"$work/up.log" 2>&1 || fail "kubestick vm start $holder failed" "$work/up.log"
+  restarted=$holder
+fi
+
+# first_boot_calls NODE: the kubeadm/kubectl calls and done markers a repeated first-boot
+# step would change.
+first_boot_state() {
+  ssh_node "$1" 'grep -cE " (kubeadm|kubectl) " /var/log/kubestick-doubles.log; cat /var/lib/kubestick/*.done'
+}
+
+if wanted 3; then
+  n=optiplex-3
+  [[ ${restarted:-} == "$n" ]] && n=optiplex-2
+  before=$(first_boot_state "$n") || drill_fail "$n" "cannot read $n's first-boot state over SSH"
+  boots=$(clean_log "$n" | grep -ac '\] Linux version ' || true)
+  log "drill 3: rebooting $n (systemctl reboot)"
+  ssh_node "$n" sudo systemctl reboot || true
+  start=$SECONDS
+  while (($(clean_log "$n" | grep -ac '\] Linux version ' || true) <= boots)); do
+    ((SECONDS - start < 300)) || drill_fail "$n" "$n did not boot again within 300s"
+    sleep 2
+  done
+  # The identity line is printed on every boot, after cloud-init: the boot is complete.
+  start=$SECONDS
+  until clean_log "$n" | awk -v b="$boots" '/\] Linux version /{c++} c > b' | grep -aq 'kubestick: node='; do
+    ((SECONDS - start < BOOT_TIMEOUT)) || drill_fail "$n" "$n printed no identity line after the reboot"
+    sleep 2
+  done
+  sleep 15 # the status timer and any (wrongly) started unit get their chance to show up
+  second=$(clean_log "$n" | awk -v b="$boots" '/\] Linux version /{c++} c > b')
+  if grep -aE 'Starting kubestick-(storage|bootstrap|addons)\.service' <<<"$second"; then
+    drill_fail "$n" "a first-boot step started again after the reboot"
+  fi
+  after=$(first_boot_state "$n") || drill_fail "$n" "cannot read $n's first-boot state over SSH after the reboot"
+  [[ $after == "$before" ]] ||
+    drill_fail "$n" "kubeadm/kubectl calls or done markers changed across the reboot: $(diff <(echo "$before") <(echo "$after") || true)"
+  ssh_node "$n" journalctl -b -u kubestick-bootstrap.service | grep -q 'unmet condition' ||
+    drill_fail "$n" "the journal does not show kubestick-bootstrap skipped by its condition after the reboot"
+  log "PASS drill 3: after a reboot of $n no first-boot step ran again (kubeadm/kubectl calls and done markers unchanged)"
+fi
+
+if wanted 4; then
+  # optiplex-3's disk is an OSD rook made; optiplex-2's has a partition table from its past.
+  label_node=optiplex-3 table_node=optiplex-2
+  for n in $label_node $table_node; do vm stop "$n" -o "$out" >/dev/null; done
+  label_disk=$out/vm/$label_node/sata.raw table_disk=$out/vm/$table_node/sata.raw
+  printf 'bluestore block device\n%s\n' "$(uuidgen 2>/dev/null || echo 4a1b2c3d-0000-4000-8000-000000000001)" |
+    dd of="$label_disk" conv=notrunc status=none
+  label_before=$(head -c 1M "$label_disk" | sha256sum)
+  printf 'label: gpt\n,1GiB,L\n,,L\n' | sfdisk --quiet "$table_disk" >/dev/null
+  sfdisk --dump "$table_disk" | grep -q 'label: gpt' || fail "could not write a partition table onto $table_disk"
+  log "drill 4: re-flashing $label_node (bluestore label on its disk) and $table_node (old GPT on its disk)"
+  for n in $label_node $table_node; do
+    powered[$n]=$(now)
+    vm start "$n" --reflash -o "$out" >>"$work/up.log" 2>&1 || fail "kubestick vm start $n --reflash failed" "$work/up.log"
+  done
+  line=$(wait_node $label_node 'kubestick: storage +done' "$BOOT_TIMEOUT") ||
+    drill_fail $label_node "the storage step did not finish on the re-flashed $label_node"
+  [[ $line == *"bluestore label: left intact"* ]] || drill_fail $label_node "the bluestore disk was not recognised: $line"
+  [[ $(head -c 1M "$label_disk" | sha256sum) == "$label_before" ]] ||
+    drill_fail $label_node "the first MiB of $label_node's OSD disk changed"
+  log "$label_node: ${line#*kubestick: }"
+  line=$(wait_node $table_node 'kubestick: storage +done' "$BOOT_TIMEOUT") ||
+    drill_fail $table_node "the storage step did not finish on the re-flashed $table_node"
+  [[ $line == *"cleared "* ]] || drill_fail $table_node "the old partition table was not cleared: $line"
+  if sfdisk --dump "$table_disk" >/dev/null 2>&1; then
+    drill_fail $table_node "$table_node's disk still has a partition table: $(sfdisk --dump "$table_disk" 2>&1 | head -n 5)"
+  fi
+  log "$table_node: ${line#*kubestick: }"
+  # Both rejoin the cluster they were part of (a re-flashed member replaces its old self).
+  unset "bootstrapped[$label_node]" "bootstrapped[$table_node]" "reached[$label_node]" "reached[$table_node]"
+  await_bootstrap $label_node $table_node
+  log "PASS drill 4: bluestore disk left intact, old partition table cleared, both re-flashed nodes joined again"
+fi
+
+if wanted 6; then
+  log "drill 6: first boot, from power-on to the bootstrap step (its unit started) and to its end ($accel):"
+  printf '%s' "$first_boot_times" >&2
+  log "PASS drill 6: boot times printed"
+fi
+log "drills $(printf '%s\n' "${!want[@]}" | sort -n | tr '\n' ' ')passed in $((SECONDS - suite_start))s"
