@@ -29,6 +29,7 @@ demo: toolchain host-deps
 test: toolchain test-deps lint
 	$(CARGO) test --locked
 	bash qemu-tests/boot-one.sh
+	bash qemu-tests/drills.sh 1 2 3
 
 ## test-deps: validators and host tools (cloud-init, ignition-validate, systemd-analyze, shellcheck,
 ## keepalived, openssl, mmdebstrap, e2fsprogs >= 1.47.2, QEMU, OVMF)
@@ -46,10 +47,11 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## qemu-test: the QEMU tests (qemu-tests/)
+## qemu-test: the QEMU tests (qemu-tests/): one node image, then all six rehearsal drills
 qemu-test: toolchain test-deps
 	$(CARGO) build --locked
 	bash qemu-tests/boot-one.sh
+	bash qemu-tests/drills.sh
 
 ## bench: render time for a 100-node cluster (target < 50 ms); fetch of 200 MiB vs curl + sha256sum
 ## (target <= 1.2x); flash write + verify vs dd + sha256sum (target <= 1.2x); node image cost vs

@@ -274,7 +274,7 @@ if wanted 3; then
   after=$(first_boot_state "$n") || drill_fail "$n" "cannot read $n's first-boot state over SSH after the reboot"
   [[ $after == "$before" ]] ||
     drill_fail "$n" "kubeadm/kubectl calls or done markers changed across the reboot: $(diff <(echo "$before") <(echo "$after") || true)"
-  ssh_node "$n" journalctl -b -u kubestick-bootstrap.service | grep -q 'unmet condition' ||
+  ssh_node "$n" sudo journalctl -b -u kubestick-bootstrap.service | grep -q 'unmet condition' ||
     drill_fail "$n" "the journal does not show kubestick-bootstrap skipped by its condition after the reboot"
   log "PASS drill 3: after a reboot of $n no first-boot step ran again (kubeadm/kubectl calls and done markers unchanged)"
 fi

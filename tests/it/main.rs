@@ -12,3 +12,4 @@ mod render;
 mod secrets;
 mod snapshots;
 mod validators;
+mod vm;
