@@ -14,13 +14,38 @@ use crate::common::*;
 
 const ADDONS: &str = "common/files/usr/local/share/kubestick/addons";
 
+/// rook's CRDs at the pinned version, for offline schema checks: kept outside the repository
+/// (in the shared upstream folder beside it on the development machines, or where
+/// KUBESTICK_UPSTREAM_DIR points), and only used when its bytes match the lock's digest.
 fn rook_crds() -> PathBuf {
-    let p = repo().join("../shared/upstream/rook-v1.20.6-crds.yaml");
-    assert!(
-        p.exists(),
-        "{} is missing (rook's CRDs for offline schema checks)",
-        p.display()
+    const NAME: &str = "rook-v1.20.6-crds.yaml";
+    let mut candidates: Vec<PathBuf> = std::env::var_os("KUBESTICK_UPSTREAM_DIR")
+        .map(|d| PathBuf::from(d).join(NAME))
+        .into_iter()
+        .collect();
+    candidates.push(repo().join("../shared/upstream").join(NAME));
+    candidates.push(PathBuf::from("/work/shared/upstream").join(NAME));
+    let p = candidates
+        .iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("rook's CRDs ({NAME}) are in none of {candidates:?}; set KUBESTICK_UPSTREAM_DIR"))
+        .clone();
+    let lock = fs::read_to_string(repo().join("artifacts.lock")).unwrap();
+    let lock: toml::Value = toml::from_str(&lock).unwrap();
+    let pinned = lock["artifact"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"].as_str() == Some("rook-crds.yaml"))
+        .and_then(|a| a["digest"].as_str())
+        .unwrap()
+        .to_string();
+    let out = run_tool("sha256sum", &[p.to_str().unwrap()]);
+    let actual = format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap()
     );
+    assert_eq!(actual, pinned, "{} is not the pinned rook crds.yaml", p.display());
     p
 }
 
