@@ -49,9 +49,19 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 # The serial log without colours and carriage returns: all of it, or since the last time
-# kubestick vm powered the node on.
+# kubestick vm powered the node on. Every reader here reads its input to the end: with
+# pipefail, a reader that stops early (sed q, grep -q, grep -m1) fails the writer with
+# SIGPIPE, and the pipeline with it, as soon as the log outgrows a pipe buffer.
 clean_log() { tr -d '\r' <"$(serial_of "$1")" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g'; }
-since_power_on() { clean_log "$1" | tac | sed '/^\[kubestick vm\] power on:/q' | tac; }
+since_power_on() {
+  clean_log "$1" | awk '/^\[kubestick vm\] power on:/ { n = 0 } { line[n++] = $0 } END { for (i = 0; i < n; i++) print line[i] }'
+}
+# first_line NODE REGEX: the first line since power-on matching REGEX.
+first_line() {
+  local text
+  text=$(since_power_on "$1")
+  grep -aE -m1 -- "$2" <<<"$text"
+}
 
 # drill_fail NODE MESSAGE: the message, then what the node said about its first-boot steps
 # and the end of its serial log since it was powered on.
@@ -71,7 +81,7 @@ drill_fail() {
 wait_node() {
   local node=$1 regex=$2 timeout=$3 start=$SECONDS line
   while ((SECONDS - start < timeout)); do
-    if line=$(since_power_on "$node" | grep -aE -m1 -- "$regex"); then
+    if line=$(first_line "$node" "$regex"); then
       printf '%s\n' "$line"
       return 0
     fi
@@ -139,10 +149,10 @@ await_bootstrap() {
   while true; do
     pending=()
     for n in "$@"; do
-      if [[ -z ${reached[$n]:-} ]] && since_power_on "$n" | grep -aqE 'Starting kubestick-bootstrap\.service'; then
+      if [[ -z ${reached[$n]:-} ]] && first_line "$n" 'Starting kubestick-bootstrap\.service' >/dev/null; then
         reached[$n]=$(now)
       fi
-      if [[ -z ${bootstrapped[$n]:-} ]] && line=$(since_power_on "$n" | grep -aE -m1 'kubestick: bootstrap +done'); then
+      if [[ -z ${bootstrapped[$n]:-} ]] && line=$(first_line "$n" 'kubestick: bootstrap +done'); then
         bootstrapped[$n]=$(now)
         log "$n: ${line#*kubestick: } ($(elapsed "${powered[$n]}" "${bootstrapped[$n]}")s after power-on)"
       fi
@@ -162,7 +172,7 @@ if wanted 5; then
   powered[optiplex-3]=$(now)
   vm start optiplex-3 -o "$out" >>"$work/up.log" 2>&1 || fail "kubestick vm start optiplex-3 failed" "$work/up.log"
   await_bootstrap optiplex-3
-  line=$(since_power_on optiplex-3 | grep -aE -m1 'kubestick: bootstrap +done')
+  line=$(first_line optiplex-3 'kubestick: bootstrap +done')
   [[ $line == *"joined the cluster"* ]] || drill_fail optiplex-3 "the late node did not join: $line"
   ssh_node optiplex-3 grep -q "'kubeadm join --config /etc/kubestick/kubeadm-join.yaml'" /var/log/kubestick-doubles.log ||
     drill_fail optiplex-3 "the late node's bootstrap step never ran kubeadm join"
@@ -273,7 +283,7 @@ if wanted 3; then
   done
   # The identity line is printed on every boot, after cloud-init: the boot is complete.
   start=$SECONDS
-  until clean_log "$n" | awk -v b="$boots" '/\] Linux version /{c++} c > b' | grep -aq 'kubestick: node='; do
+  until grep -aq 'kubestick: node=' <<<"$(clean_log "$n" | awk -v b="$boots" '/\] Linux version /{c++} c > b')"; do
     ((SECONDS - start < BOOT_TIMEOUT)) || drill_fail "$n" "$n printed no identity line after the reboot"
     sleep 2
   done
@@ -285,7 +295,7 @@ if wanted 3; then
   after=$(first_boot_state "$n") || drill_fail "$n" "cannot read $n's first-boot state over SSH after the reboot"
   [[ $after == "$before" ]] ||
     drill_fail "$n" "kubeadm/kubectl calls or done markers changed across the reboot: $(diff <(echo "$before") <(echo "$after") || true)"
-  ssh_node "$n" sudo journalctl -b -u kubestick-bootstrap.service | grep -q 'unmet condition' ||
+  grep -q 'unmet condition' <<<"$(ssh_node "$n" sudo journalctl -b -u kubestick-bootstrap.service)" ||
     drill_fail "$n" "the journal does not show kubestick-bootstrap skipped by its condition after the reboot"
   log "PASS drill 3: after a reboot of $n no first-boot step ran again (kubeadm/kubectl calls and done markers unchanged)"
 fi

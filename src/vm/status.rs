@@ -33,6 +33,7 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct Api {
     pub vip: Ipv4Addr,
+    pub port: u16,
     pub host_port: u16,
     /// The HTTP status /livez answered with through the forward, if anything answered.
     pub livez: Option<u16>,
@@ -118,6 +119,7 @@ pub fn collect(state: &StateDir, saved: &Saved, manifest: &Manifest) -> Status {
         host_access: network::hostnet_running(state).is_some(),
         api: Api {
             vip: manifest.api_vip,
+            port: manifest.api_port,
             host_port: api_port,
             livez: api.join().unwrap_or(None),
             holder: holder.map(|e| {
@@ -154,14 +156,15 @@ pub fn print(st: &Status, admin_user: &str) {
         Some(code) => format!("answers (/livez: HTTP {code})"),
         None => "does not answer".to_string(),
     };
+    let stopped = |name: &str| st.nodes.iter().any(|n| n.name == name && n.pid.is_none());
+    let holder = match st.api.holder.as_deref() {
+        None => "nobody seen yet (from ARP on the segment)".to_string(),
+        Some(h) if stopped(h) => format!("nobody: the last holder, {h}, is stopped and no other node took it over"),
+        Some(h) => h.to_string(),
+    };
     println!(
-        "  API {}:6443 via https://127.0.0.1:{}: {api}; VIP held by {}",
-        st.api.vip,
-        st.api.host_port,
-        st.api
-            .holder
-            .as_deref()
-            .unwrap_or("nobody seen yet (from ARP on the segment)")
+        "  API {}:{} via https://127.0.0.1:{}: {api}; VIP held by {holder}",
+        st.api.vip, st.api.port, st.api.host_port
     );
     if !st.segment {
         println!(
