@@ -254,7 +254,7 @@ if wanted 2; then
   restarted=$holder
 fi
 
-# first_boot_calls NODE: the kubeadm/kubectl calls and done markers a repeated first-boot
+# first_boot_state NODE: the kubeadm/kubectl calls and done markers a repeated first-boot
 # step would change.
 first_boot_state() {
   ssh_node "$1" 'grep -cE " (kubeadm|kubectl) " /var/log/kubestick-doubles.log; cat /var/lib/kubestick/*.done'
