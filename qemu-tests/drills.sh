@@ -34,12 +34,20 @@ out=$work/out
 suite_start=$SECONDS
 
 cleanup() {
+  local status=$?
   if [[ -n ${KEEP_WORK:-} ]]; then
     log "kept $work (VMs still running: \`$KUBESTICK vm destroy -o $out\` removes them)"
-  else
-    "$KUBESTICK" vm destroy -o "$out" >/dev/null 2>&1 || true
-    rm -rf "$work"
+    return
   fi
+  # After a failure the logs stay (the disks and images go): each node's whole serial log.
+  if ((status != 0)) && [[ -d $out/vm ]]; then
+    mkdir -p "${work}-logs"
+    for f in "$out"/vm/*/serial.log; do cp "$f" "${work}-logs/$(basename "$(dirname "$f")").serial.log"; done
+    cp "$out/vm/hub.log" "$work/build.log" "$work/up.log" "${work}-logs/" 2>/dev/null || true
+    log "serial logs of this run kept in ${work}-logs"
+  fi
+  "$KUBESTICK" vm destroy -o "$out" >/dev/null 2>&1 || true
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -144,6 +152,8 @@ for n in s["nodes"]:
 
 # bootstrapped NODE...: waits until each node's bootstrap step is done, noting when the step
 # was reached (its unit started) and when it finished.
+# "<step> done: <result>" is what counts: the result comes from the step's done marker; a
+# bare "done" (its unit active, the marker not seen) has been printed just before it.
 await_bootstrap() {
   local start=$SECONDS pending n line
   while true; do
@@ -152,7 +162,7 @@ await_bootstrap() {
       if [[ -z ${reached[$n]:-} ]] && first_line "$n" 'Starting kubestick-bootstrap\.service' >/dev/null; then
         reached[$n]=$(now)
       fi
-      if [[ -z ${bootstrapped[$n]:-} ]] && line=$(first_line "$n" 'kubestick: bootstrap +done'); then
+      if [[ -z ${bootstrapped[$n]:-} ]] && line=$(first_line "$n" 'kubestick: bootstrap +done:'); then
         bootstrapped[$n]=$(now)
         log "$n: ${line#*kubestick: } ($(elapsed "${powered[$n]}" "${bootstrapped[$n]}")s after power-on)"
       fi
@@ -172,7 +182,7 @@ if wanted 5; then
   powered[optiplex-3]=$(now)
   vm start optiplex-3 -o "$out" >>"$work/up.log" 2>&1 || fail "kubestick vm start optiplex-3 failed" "$work/up.log"
   await_bootstrap optiplex-3
-  line=$(first_line optiplex-3 'kubestick: bootstrap +done')
+  line=$(first_line optiplex-3 'kubestick: bootstrap +done:')
   [[ $line == *"joined the cluster"* ]] || drill_fail optiplex-3 "the late node did not join: $line"
   ssh_node optiplex-3 grep -q "'kubeadm join --config /etc/kubestick/kubeadm-join.yaml'" /var/log/kubestick-doubles.log ||
     drill_fail optiplex-3 "the late node's bootstrap step never ran kubeadm join"
@@ -315,13 +325,13 @@ if wanted 4; then
     powered[$n]=$(now)
     vm start "$n" --reflash -o "$out" >>"$work/up.log" 2>&1 || fail "kubestick vm start $n --reflash failed" "$work/up.log"
   done
-  line=$(wait_node $label_node 'kubestick: storage +done' "$BOOT_TIMEOUT") ||
+  line=$(wait_node $label_node 'kubestick: storage +done:' "$BOOT_TIMEOUT") ||
     drill_fail $label_node "the storage step did not finish on the re-flashed $label_node"
   [[ $line == *"bluestore label: left intact"* ]] || drill_fail $label_node "the bluestore disk was not recognised: $line"
   [[ $(head -c 1M "$label_disk" | sha256sum) == "$label_before" ]] ||
     drill_fail $label_node "the first MiB of $label_node's OSD disk changed"
   log "$label_node: ${line#*kubestick: }"
-  line=$(wait_node $table_node 'kubestick: storage +done' "$BOOT_TIMEOUT") ||
+  line=$(wait_node $table_node 'kubestick: storage +done:' "$BOOT_TIMEOUT") ||
     drill_fail $table_node "the storage step did not finish on the re-flashed $table_node"
   [[ $line == *"cleared "* ]] || drill_fail $table_node "the old partition table was not cleared: $line"
   if sfdisk --dump "$table_disk" >/dev/null 2>&1; then
