@@ -356,7 +356,9 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         );
     }
     if let Some(timeout) = req.wait {
-        wait_booted(&state, &started, timeout, show)?;
+        // Nodes that were already running are waited for too: --wait promises they are up.
+        let all: Vec<String> = nodes.iter().map(|(n, _)| n.name.clone()).collect();
+        wait_booted(&state, &all, timeout, show)?;
     }
     Ok(())
 }
@@ -414,11 +416,11 @@ fn wait_booted(state: &StateDir, names: &[String], timeout: Duration, show: bool
             .collect();
         if pending.is_empty() {
             spinner.finish_and_clear();
-            println!(
-                "All {} node(s) booted and configured themselves in {}s.",
-                names.len(),
-                start.elapsed().as_secs()
-            );
+            let secs = start.elapsed().as_secs();
+            match names {
+                [one] => println!("{one} booted and configured itself in {secs}s."),
+                _ => println!("All {} nodes booted and configured themselves in {secs}s.", names.len()),
+            }
             return Ok(());
         }
         if start.elapsed() > timeout {
