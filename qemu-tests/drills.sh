@@ -214,6 +214,10 @@ if wanted 1; then
       oip=$(python3 -c 'import json,sys; print(next(x["ip"] for x in json.load(open(sys.argv[1]))["nodes"] if x["name"] == sys.argv[2]))' "$out/cluster.json" "$other")
       ssh_node "$n" sudo ping -c 2 -W 3 "$oip" >/dev/null || drill_fail "$n" "$n does not reach $other ($oip)"
     done
+    # The status timer fires every 10 s for the node's life; its unit's lines would bury the console.
+    if since_power_on "$n" | grep -aq 'kubestick-status\.service'; then
+      drill_fail "$n" "systemd's lines about kubestick-status.service reach the console"
+    fi
     log "$n: $report; reaches the other two"
   done
   log "PASS drill 1: hostnames, addresses and by-id disks as cluster.toml says; every node reaches the other two"
