@@ -24,8 +24,8 @@ demo: toolchain host-deps
 		$(KUBESTICK) build $(EXAMPLE) -o $(OUT) --lock target/demo-doubles/artifacts.lock --mirror target/demo-doubles/mirror; \
 	fi
 
-## test: formatting, lints, unit and integration tests with the real validators, and one
-## node image booted in QEMU
+## test: formatting, lints, unit and integration tests with the real validators, one node
+## image booted in QEMU, and rehearsal drills 1-3 (three VMs; `make qemu-test` runs all six)
 test: toolchain test-deps lint
 	$(CARGO) test --locked
 	bash qemu-tests/boot-one.sh
