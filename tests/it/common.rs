@@ -4,6 +4,12 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+/// A digest as artifacts.lock writes it: `sha256:<hex>`.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
