@@ -146,11 +146,8 @@ impl Hub {
             let mut buf = vec![0u8; 4 + n];
             buf[..4].copy_from_slice(&len);
             stream.read_exact(&mut buf[4..])?;
-            if n == 0 {
-                continue;
-            }
             if n < 14 {
-                continue; // not even an Ethernet header
+                continue; // empty, or not even an Ethernet header
             }
             self.snoop_arp(&buf[4..]);
             let to = self.learn_and_route(id, &buf[4..]);
