@@ -98,6 +98,12 @@ wait_node() {
   return 1
 }
 
+# node_field NODE FIELD: what cluster.toml says of the node (ip, disk...), from the build's cluster.json.
+node_field() {
+  python3 -c 'import json,sys; print(next(x[sys.argv[3]] for x in json.load(open(sys.argv[1]))["nodes"] if x["name"] == sys.argv[2]))' \
+    "$out/cluster.json" "$1" "$2"
+}
+
 # ssh_node NODE COMMAND...: as the admin user, with the key this test put into cluster.toml,
 # through the port kubestick forwards from 127.0.0.1 to the node's address.
 declare -A ssh_port=()
@@ -199,8 +205,8 @@ done
 
 if wanted 1; then
   for n in "${NODES[@]}"; do
-    ip=$(python3 -c 'import json,sys; print(next(x["ip"] for x in json.load(open(sys.argv[1]))["nodes"] if x["name"] == sys.argv[2]))' "$out/cluster.json" "$n")
-    disk=$(python3 -c 'import json,sys; print(next(x["disk"] for x in json.load(open(sys.argv[1]))["nodes"] if x["name"] == sys.argv[2]))' "$out/cluster.json" "$n")
+    ip=$(node_field "$n" ip)
+    disk=$(node_field "$n" disk)
     report=$(wait_node "$n" 'kubestick: node=' 60) || drill_fail "$n" "$n printed no identity line"
     report=${report#*kubestick: }
     [[ $report == "node=$n "* ]] || drill_fail "$n" "hostname is not $n: $report"
@@ -211,7 +217,7 @@ if wanted 1; then
     ssh_node "$n" test -b "$disk" || drill_fail "$n" "$disk is not a block device on $n"
     for other in "${NODES[@]}"; do
       [[ $other == "$n" ]] && continue
-      oip=$(python3 -c 'import json,sys; print(next(x["ip"] for x in json.load(open(sys.argv[1]))["nodes"] if x["name"] == sys.argv[2]))' "$out/cluster.json" "$other")
+      oip=$(node_field "$other" ip)
       ssh_node "$n" sudo ping -c 2 -W 3 "$oip" >/dev/null || drill_fail "$n" "$n does not reach $other ($oip)"
     done
     # The status timer fires every 10 s for the node's life; its unit's lines would bury the console.
