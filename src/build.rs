@@ -167,7 +167,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     }
     image::write_checksums(images_dir, &images)?;
     // What `kubestick vm` needs to boot these images as a rehearsal (no secrets in it).
-    crate::vm::manifest::Manifest::from_cluster(&cluster).write(images_dir)?;
+    crate::image::manifest::Manifest::from_cluster(&cluster).write(images_dir)?;
 
     println!(
         "Built {} image{} ({} each, sparse):",
@@ -181,7 +181,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     println!("  {}", images_dir.join("SHA256SUMS").display());
     println!(
         "  {}  (for `kubestick vm up {}`, a rehearsal in VMs)",
-        images_dir.join(crate::vm::manifest::FILE_NAME).display(),
+        images_dir.join(crate::image::manifest::FILE_NAME).display(),
         images_dir.display()
     );
     println!(
@@ -242,6 +242,7 @@ fn base_image(
 
     let spinner = progress::spinner(show, "composing the root filesystem and the base image");
     let scratch = tempfile::Builder::new().prefix(".compose-").tempdir_in(&dir)?;
+    let _unfinished = crate::interrupt::track(scratch.path());
     let layers = [
         compose::artifact_layer(fetched, scratch.path())?,
         compose::overlay_layer(),

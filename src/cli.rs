@@ -12,6 +12,7 @@ use crate::artifacts::download::{self, Mirror, Outcome};
 use crate::artifacts::lock::{Artifact, Lock};
 use crate::artifacts::{self, refresh};
 use crate::diag::InvalidFile;
+use crate::error::BadInput;
 use crate::render::Rendered;
 use crate::secrets::SecretsError;
 use crate::spec::{self, LoadError};
@@ -174,6 +175,9 @@ pub fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Err(e) = crate::interrupt::install() {
+        eprintln!("warning: Ctrl-C will not clean up unfinished files: {e}");
+    }
     let styled = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -305,11 +309,6 @@ fn known_version(lock: &Lock, v: &str) -> Result<String> {
         .into())
     }
 }
-
-/// A mistake on the command line (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
 
 fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>) -> Result<()> {
     if write && file.file.is_none() {

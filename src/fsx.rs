@@ -27,6 +27,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .permissions(fs::Permissions::from_mode(mode))
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let _unfinished = crate::interrupt::track(tmp.path());
     tmp.write_all(contents)
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     // The umask may have narrowed the mode asked for at creation.

@@ -12,6 +12,7 @@
 
 pub mod fat;
 pub mod gpt_table;
+pub mod manifest;
 pub mod sparse;
 
 use std::fs::{self, File};
@@ -190,6 +191,7 @@ pub fn build_node(base: &Path, layout: &Layout, cluster: &str, node: &RenderedNo
         out.file_name().and_then(|n| n.to_str()).unwrap_or("node.img")
     ));
     let _ = fs::remove_file(&partial);
+    let _unfinished = crate::interrupt::track(&partial);
     let result = (|| -> Result<()> {
         sparse::copy(base, &partial)?;
         fs::set_permissions(&partial, fs::Permissions::from_mode(0o600))?;
@@ -210,6 +212,7 @@ pub fn build_node(base: &Path, layout: &Layout, cluster: &str, node: &RenderedNo
                 ("network-config".into(), node.network_config.as_bytes()),
             ],
         )?;
+        crate::interrupt::pause_point("node-image");
         file.sync_all()?;
         Ok(())
     })();

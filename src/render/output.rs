@@ -30,6 +30,7 @@ pub fn write(rendered: &Rendered, out: &Path) -> Result<Vec<PathBuf>> {
         .tempdir_in(out)
         .with_context(|| format!("creating a staging directory in {}", out.display()))?;
     let stage = staging.path();
+    let _unfinished = crate::interrupt::track(stage);
 
     put(&stage.join("admin.conf"), &rendered.admin_kubeconfig, MODE_SECRET)?;
     create_dir_mode(&stage.join("common"), 0o755)?;

@@ -105,6 +105,7 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
         .prefix(".base-")
         .suffix(".partial")
         .tempdir_in(&dir)?;
+    let _unfinished = crate::interrupt::track(staging.path());
     let out = staging.path().join("base.tar");
     let hook = staging.path().join("customize.sh");
     fs::write(&hook, CUSTOMIZE)?;

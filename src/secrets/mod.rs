@@ -102,6 +102,7 @@ pub fn load_or_create(dir: &Path, cluster_name: &str) -> Result<(Secrets, Origin
         .suffix(".partial")
         .tempdir_in(parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    let _unfinished = crate::interrupt::track(staging.path());
     write_new_state(staging.path(), cluster_name)?;
     match fs::rename(staging.path(), dir) {
         Ok(()) => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::vm::manifest::Manifest;
+use crate::image::manifest::Manifest;
 use crate::vm::state::StateDir;
 use crate::vm::{network, process, qmp, up};
 

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, TcpListener};
 
 use anyhow::{Context as _, Result};
 
-use crate::cli::BadInput;
-use crate::vm::manifest::Manifest;
+use crate::error::BadInput;
+use crate::image::manifest::Manifest;
 use crate::vm::qemu::Forward;
 use crate::vm::state::Ports;
 
@@ -123,7 +123,7 @@ pub fn check_ports_free(forwards: &[Forward]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::manifest::tests::rehearsal;
+    use crate::image::manifest::tests::rehearsal;
 
     #[test]
     fn slirp_takes_free_addresses_from_the_top() {

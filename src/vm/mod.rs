@@ -4,8 +4,8 @@
 //! the node's MAC, and all nodes on one private L2 segment (a hub on a unix socket) that the
 //! host reaches only through forwards on 127.0.0.1. No root is needed.
 //!
-//! One module per job: [`manifest`] (what the build says about the nodes), [`state`] (the
-//! VM state directory), [`disk`] (by-id name → SATA model and serial), [`accel`] (KVM or
+//! What the build says about the nodes comes from [`crate::image::manifest`] (`out/cluster.json`).
+//! One module per job: [`state`] (the VM state directory), [`disk`] (by-id name → SATA model and serial), [`accel`] (KVM or
 //! TCG), [`qemu`] (command lines), [`hostnet`] (addresses and forwards of the host's port),
 //! [`hub`] (the segment), [`network`] (starting both), [`up`] and [`down`] (the lifecycle),
 //! [`serial`] and [`status`] (what the nodes say), [`console`] and [`qmp`] (talking to a VM),
@@ -18,7 +18,6 @@ pub mod down;
 pub mod hostnet;
 pub mod hub;
 pub mod kubeconfig;
-pub mod manifest;
 pub mod network;
 pub mod process;
 pub mod qemu;
@@ -34,7 +33,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use crate::vm::manifest::Manifest;
+use crate::image::manifest::Manifest;
 use crate::vm::state::StateDir;
 
 #[derive(Debug, Args)]

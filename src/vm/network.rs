@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::vm::manifest::Manifest;
+use crate::image::manifest::Manifest;
 use crate::vm::state::{Saved, StateDir};
 use crate::vm::{hostnet, process, qemu};
 

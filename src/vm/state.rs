@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::BadInput;
+use crate::error::BadInput;
 use crate::fsx;
 use crate::vm::accel::Probe;
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::image::manifest::Manifest;
 use crate::vm::hub::read_arp_table;
-use crate::vm::manifest::Manifest;
 use crate::vm::serial::{self, Summary};
 use crate::vm::state::{Saved, StateDir};
 use crate::vm::{network, process};

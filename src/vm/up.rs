@@ -10,11 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cli::BadInput;
+use crate::error::BadInput;
 use crate::fsx;
+use crate::image::manifest::{Manifest, Node};
 use crate::vm::accel::{self, Accel, Choice};
 use crate::vm::disk::{self, SataIdentity};
-use crate::vm::manifest::{Manifest, Node};
 use crate::vm::state::{NodeDir, Saved, Settings, StateDir};
 use crate::vm::{MachineArgs, hostnet, kubeconfig, network, process, qemu, serial};
 
@@ -476,7 +476,7 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::manifest::tests::rehearsal;
+    use crate::image::manifest::tests::rehearsal;
 
     #[test]
     fn every_unemulatable_disk_is_named_at_once() {

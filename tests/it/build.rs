@@ -378,26 +378,55 @@ fn a_full_disk_leaves_no_image() {
 
 #[test]
 fn ctrl_c_leaves_no_image_at_its_final_path() {
+    use std::io::BufRead as _;
     built();
     let s = Scratch::new();
     let out = s.path("out");
+    // The build stops inside the first node image, with its `.partial` file half-written, and
+    // waits there for the signal: the interruption lands at the same point on every run.
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("kubestick"))
         .args(build_args(&s, &out, &shared_cache(), &doubles().join("mirror")))
+        .env("KUBESTICK_TEST_PAUSE_AT", "node-image")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    // Interrupt as soon as the first node image is being written.
-    while !out.join(".optiplex-1.img.partial").exists() && started.elapsed() < std::time::Duration::from_secs(120) {
-        if child.try_wait().unwrap().is_some() {
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("the build ended without reaching the pause point: {said}");
+        }
+        said.push_str(&line);
+        if line.contains("paused at node-image") {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    let partial = out.join(".optiplex-1.img.partial");
+    assert!(
+        partial.exists(),
+        "paused inside the first image, yet {} is missing",
+        partial.display()
+    );
     // SAFETY: kill with a valid pid and signal.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
-    assert!(!status.success(), "the build finished before it could be interrupted");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{said}{rest}");
+    assert!(rest.contains("interrupted: removed 1 unfinished file"), "{rest}");
     assert_no_images(&out);
+    let left: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "unfinished files left in out/: {left:?}");
+    // The same build, not interrupted, finishes: nothing the signal left in its way.
+    build_cmd(&s, &shared_cache(), &doubles().join("mirror"))
+        .assert()
+        .success();
+    assert!(out.join("optiplex-1.img").exists());
 }

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::BadInput;
+use crate::error::BadInput;
 use crate::spec::{API_PORT, Cluster};
 
 pub const FILE_NAME: &str = "cluster.json";
