@@ -83,6 +83,7 @@ start_vm() {
     -device "ide-hd,bus=ahci.0,drive=sata0,serial=$serial" \
     "${net[@]}" \
     -serial "file:$work/$name.serial" \
+    -qmp "unix:$work/$name.qmp,server=on,wait=off" \
     -pidfile "$work/$name.pid" -daemonize
 }
 
@@ -95,6 +96,34 @@ stop_vm() {
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     rm -f "$pidfile"
   fi
+}
+
+# powerdown_vm WORKDIR NAME TIMEOUT_SECONDS: presses the VM's ACPI power button (QMP
+# system_powerdown) and waits for QEMU to exit: the guest shuts down cleanly, so everything
+# it wrote is on its disk, however loaded this machine is.
+powerdown_vm() {
+  local work=$1 name=$2 timeout=$3 pid start
+  pid=$(cat "$work/$name.pid")
+  python3 - "$work/$name.qmp" <<'PY' || return 1
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(60)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+json.loads(f.readline())  # greeting
+for cmd in ("qmp_capabilities", "system_powerdown"):
+    f.write(json.dumps({"execute": cmd}) + "\n")
+    f.flush()
+    while "return" not in (reply := json.loads(f.readline())):
+        if "error" in reply:
+            sys.exit(f"QMP {cmd}: {reply['error']}")
+PY
+  start=$SECONDS
+  while kill -0 "$pid" 2>/dev/null; do
+    ((SECONDS - start < timeout)) || return 1
+    sleep 1
+  done
+  rm -f "$work/$name.pid"
 }
 
 # guest_cat WORKDIR NAME PATH: prints a file from the root filesystem of a VM's boot disk

@@ -55,7 +55,7 @@ fn start_hub(state: &StateDir) -> Result<()> {
     crate::fsx::write_atomic(&state.hub_pid(), format!("{pid}\n").as_bytes(), crate::fsx::PUBLIC_MODE)?;
     let start = Instant::now();
     while UnixStream::connect(&socket).is_err() {
-        if !process::is_ours(pid, &socket) || start.elapsed() > Duration::from_secs(10) {
+        if !process::is_ours(pid, &socket) || start.elapsed() > Duration::from_secs(60) {
             let log = std::fs::read_to_string(state.hub_log()).unwrap_or_default();
             bail!(
                 "the segment's hub did not start; {}:\n{}",

@@ -1046,7 +1046,9 @@ mod tests {
         let started = Instant::now();
         drop(server);
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(200), "drop took {took:?}");
+        // Promptly = without waiting out the 60 s delay (the handler looks every POLL); the
+        // bound leaves a loaded machine plenty of room and still catches a handler that waits.
+        assert!(took < Duration::from_secs(10), "drop took {took:?}");
         let mut rest = Vec::new();
         assert_eq!(read_all(&mut stream, &mut rest), End::Eof);
         assert!(rest.is_empty());
@@ -1065,7 +1067,8 @@ mod tests {
         let started = Instant::now();
         drop(server);
         let took = started.elapsed();
-        assert!(took < Duration::from_millis(200), "drop took {took:?}");
+        // A drop that waited for the idle client would take REQUEST_TIMEOUT (10 s).
+        assert!(took < Duration::from_secs(5), "drop took {took:?}");
         let mut nothing = Vec::new();
         assert_eq!(read_all(&mut idle, &mut nothing), End::Eof);
         assert!(nothing.is_empty());
