@@ -31,7 +31,7 @@ timeout=${BOOT_TIMEOUT:-600}
 report=$(wait_for_line "$serial" 'kubestick: node=' "$timeout") || fail "no kubestick report within ${timeout}s" "$serial"
 log "report after $((SECONDS - start))s: $report"
 grep -q 'Reached target.*[Mm]ulti-[Uu]ser' <(tr -d '\r' <"$serial") || fail "multi-user.target was not reached" "$serial"
-wait_for_line "$serial" 'Cloud-init v\. .* finished' 60 >/dev/null || fail "cloud-init did not finish" "$serial"
+wait_for_line "$serial" 'Cloud-init v\. .* finished' "$timeout" >/dev/null || fail "cloud-init did not finish" "$serial"
 
 [[ $report == *"node=optiplex-1 "* ]] || fail "hostname is not optiplex-1: $report" "$serial"
 [[ $report == *"role=control-plane "* ]] || fail "role is not control-plane: $report" "$serial"
