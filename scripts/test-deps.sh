@@ -32,7 +32,7 @@ tree_suite=trixie
 tree_packages=cloud-init,keepalived,udev,systemd,python3-netplan
 host_packages=(
   shellcheck ignition systemd mmdebstrap e2fsprogs dosfstools mtools fdisk
-  openssl keepalived python3-venv ca-certificates
+  openssl keepalived python3-venv ca-certificates openssh-client iproute2
 )
 
 export DEBIAN_FRONTEND=noninteractive
