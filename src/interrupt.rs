@@ -63,11 +63,16 @@ fn pending() -> std::sync::MutexGuard<'static, BTreeMap<u64, PathBuf>> {
     PENDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Removes every registered path (files and whole directories); returns how many existed.
+/// Removes every registered path; returns how many existed.
 fn remove_pending() -> usize {
-    let map = pending();
+    remove_all(pending().values())
+}
+
+/// Removes files and whole directories (a symlink itself, never what it points to);
+/// returns how many existed and are gone.
+fn remove_all<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> usize {
     let mut removed = 0;
-    for path in map.values() {
+    for path in paths {
         let gone = match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).is_ok(),
             Ok(_) => std::fs::remove_file(path).is_ok(),
@@ -101,5 +106,25 @@ mod tests {
         assert!(pending().values().any(|p| p == &path));
         drop(guard);
         assert!(!pending().values().any(|p| p == &path));
+    }
+
+    #[test]
+    fn removal_takes_files_and_trees_and_leaves_what_a_link_points_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".node.img.partial");
+        let tree = dir.path().join(".kubestick-render.x.partial");
+        let kept = dir.path().join("kept");
+        let link = dir.path().join(".link.partial");
+        std::fs::write(&file, b"half").unwrap();
+        std::fs::create_dir_all(tree.join("node/files")).unwrap();
+        std::fs::write(tree.join("node/files/a"), b"a").unwrap();
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("finished"), b"done").unwrap();
+        std::os::unix::fs::symlink(&kept, &link).unwrap();
+        let renamed_away = dir.path().join(".already-renamed.partial");
+        let paths = [file.clone(), tree.clone(), link.clone(), renamed_away];
+        assert_eq!(remove_all(&paths), 3);
+        assert!(!file.exists() && !tree.exists() && link.symlink_metadata().is_err());
+        assert_eq!(std::fs::read(kept.join("finished")).unwrap(), b"done");
     }
 }
