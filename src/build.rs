@@ -10,12 +10,14 @@ use sha2::{Digest as _, Sha256};
 
 use crate::artifacts::cache::Cache;
 use crate::artifacts::download;
-use crate::artifacts::lock::Lock;
+use crate::artifacts::digest::Digest;
+use crate::artifacts::lock::{Image, Lock, Nodes};
+use crate::artifacts::oci::pull::Pulled;
 use crate::diag::Report;
 use crate::render::{self, Rendered, Renderer};
 use crate::rootfs::{base, compose, tools};
 use crate::secrets::{self, Origin};
-use crate::spec::{self, Cluster};
+use crate::spec::{self, Cluster, Role};
 use crate::{artifacts, image, progress};
 
 /// Loads and validates the cluster file, printing warnings (errors end the run).
@@ -31,17 +33,15 @@ fn print_warnings(report: &Report, styled: bool) {
     }
 }
 
-/// Stages 1–3: validate, load or create the secrets, render and write out/.
-/// Returns the validated cluster with what was rendered from it, so later stages need not
-/// read the cluster file again.
+/// Stages 2–3 for a validated cluster: load or create the secrets, render and write out/.
+/// `pins` come from the lock (with the digests observed for unpinned images, when known).
 pub fn render_stage(
     path: &Path,
+    cluster: &Cluster,
     output: &Path,
     state: Option<PathBuf>,
-    lock: &Lock,
-    styled: bool,
-) -> Result<(Cluster, Rendered)> {
-    let cluster = load_cluster(path, lock, styled)?;
+    pins: &render::Pins,
+) -> Result<Rendered> {
     let state = state.unwrap_or_else(|| secrets::default_dir(path));
     let (secrets, origin) = secrets::load_or_create(&state, &cluster.name)?;
     for loose in secrets::loose_permissions(&state) {
@@ -51,10 +51,7 @@ pub fn render_stage(
             state.display()
         );
     }
-    let pins = lock
-        .pins(&cluster.kubernetes_version)
-        .context("the cluster's Kubernetes release is not in the lock")?;
-    let rendered = Renderer::new()?.render(&cluster, &secrets, &pins)?;
+    let rendered = Renderer::new()?.render(cluster, &secrets, pins)?;
     render::output::write(&rendered, output)
         .with_context(|| format!("writing the rendered files to {}", output.display()))?;
 
@@ -93,7 +90,14 @@ pub fn render_stage(
         output.display(),
         cluster.api_server_url()
     );
-    Ok((cluster, rendered))
+    Ok(rendered)
+}
+
+/// The pins the renderer needs: every image by tag and digest; an unpinned one by the digest
+/// `observed` knows for it (the cache's record, or what was just pulled), else by tag.
+pub fn pins(lock: &Lock, cluster: &Cluster, observed: impl Fn(&Image) -> Option<Digest>) -> Result<render::Pins> {
+    lock.pins(&cluster.kubernetes_version, observed)
+        .context("the cluster's Kubernetes release is not in the lock")
 }
 
 pub struct Request<'a> {
@@ -124,10 +128,10 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         tools::require("mmdebstrap", "build the Debian base image", "mmdebstrap")?;
     }
 
-    let (cluster, rendered) = render_stage(req.cluster, req.output, req.state.clone(), &req.lock, req.styled)?;
+    let cluster = load_cluster(req.cluster, &req.lock, req.styled)?;
 
     eprintln!(
-        "Fetching the pinned artifacts for Kubernetes {}...",
+        "Fetching the pinned artifacts and images for Kubernetes {}...",
         cluster.kubernetes_version
     );
     let cache = Cache::open(&cache_root)?;
@@ -145,20 +149,73 @@ pub fn run(req: &Request<'_>) -> Result<()> {
             Err(e) => failures.push(format!("  {e:#}")),
         }
     }
+    let mut pulled = Vec::new();
+    for (image, result) in artifacts::pull_all(
+        req.lock.images_for_cluster(&cluster).cloned().collect(),
+        &cache,
+        req.fetch.clone(),
+        show,
+    )? {
+        match result {
+            Ok(p) => pulled.push(p),
+            Err(e) => failures.push(format!("  {}: {e:#}", image.reference)),
+        }
+    }
     if !failures.is_empty() {
         bail!(
-            "{} artifact(s) could not be fetched, so no image was built:\n{}",
+            "{} artifact(s) or image(s) could not be fetched, so no image was built:\n{}",
             failures.len(),
             failures.join("\n")
         );
     }
+    for p in pulled.iter().filter(|p| p.unpinned) {
+        eprintln!(
+            "warning: image {} is UNPINNED; using the observed digest {} (not checked against any published digest)",
+            p.reference, p.top.0
+        );
+    }
+
+    let pins = pins(&req.lock, &cluster, |image| {
+        pulled.iter().find(|p| p.image.name == image.name).map(|p| p.top.0.clone())
+    })?;
+    let rendered = render_stage(req.cluster, &cluster, req.output, req.state.clone(), &pins)?;
 
     let base_tar = base::ensure(&cache_root, &base_spec, show)?;
-    let base_image = base_image(&cache_root, &base_tar, &base_spec, &fetched, &rendered, &cluster, show)?;
+    // One base per role: control-plane images only on control-plane nodes.
+    let mut bases = std::collections::BTreeMap::new();
+    for role in [Role::ControlPlane, Role::Worker] {
+        if !cluster.nodes.iter().any(|n| n.role == role) {
+            continue;
+        }
+        let carried: Vec<&Pulled> = pulled
+            .iter()
+            .filter(|p| role == Role::ControlPlane || p.image.nodes == Nodes::All)
+            .collect();
+        let base = base_image(
+            &cache_root,
+            &base_tar,
+            &base_spec,
+            &fetched,
+            &carried,
+            role,
+            &rendered,
+            &cluster,
+            show,
+        )?;
+        bases.insert(role.as_str(), base);
+    }
 
     let images_dir = req.output;
     let mut images = Vec::new();
+    let mut image_size = 0;
     for node in &rendered.nodes {
+        let role = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == node.name)
+            .map_or(Role::Worker, |n| n.role);
+        let base_image = &bases[role.as_str()];
+        image_size = image_size.max(base_image.1.total);
         let out = images_dir.join(format!("{}.img", node.name));
         let spinner = progress::spinner(show, format!("writing {}", out.display()));
         image::build_node(&base_image.0, &base_image.1, &cluster.name, node, &out)?;
@@ -173,7 +230,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         "Built {} image{} ({} each, sparse):",
         images.len(),
         if images.len() == 1 { "" } else { "s" },
-        indicatif::HumanBytes(base_image.1.total)
+        indicatif::HumanBytes(image_size)
     );
     for image in &images {
         println!("  {}", image.display());
@@ -192,13 +249,17 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The cluster's base image (ESP + root, no node identity), cached under a key of every
-/// input: the base tarball, the artifact digests, the overlays and the shared rendered files.
+/// The cluster's base image for one role (ESP + root, no node identity), cached under a key
+/// of every input: the base tarball, the artifact and image digests, the overlays and the
+/// shared rendered files.
+#[allow(clippy::too_many_arguments)]
 fn base_image(
     cache_root: &Path,
     base_tar: &Path,
     base_spec: &base::BaseSpec,
     fetched: &[(artifacts::lock::Artifact, PathBuf)],
+    carried: &[&Pulled],
+    role: Role,
     rendered: &Rendered,
     cluster: &Cluster,
     show: bool,
@@ -206,6 +267,10 @@ fn base_image(
     let mut hasher = Sha256::new();
     hasher.update(base_spec.key());
     hasher.update(&cluster.name);
+    hasher.update(role.as_str());
+    for p in carried {
+        hasher.update(format!("image {} {}\n", p.reference, p.top.0));
+    }
     for (a, _) in fetched {
         hasher.update(format!(
             "{} {} {:?}\n",
@@ -226,7 +291,8 @@ fn base_image(
     let key = hex::encode(hasher.finalize())[..24].to_string();
     let dir = cache_root.join("images");
     fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}-{key}.img", cluster.name));
+    let prefix = format!("{}-{}-", cluster.name, role.as_str());
+    let path = dir.join(format!("{prefix}{key}.img"));
     let layout_path = path.with_extension("layout");
     let cached = || -> Option<image::Layout> {
         let root_len: u64 = fs::read_to_string(&layout_path).ok()?.trim().parse().ok()?;
@@ -240,23 +306,27 @@ fn base_image(
         return Ok((path, layout));
     }
 
-    let spinner = progress::spinner(show, "composing the root filesystem and the base image");
+    let spinner = progress::spinner(
+        show,
+        format!("composing the root filesystem and the {} base image", role.as_str()),
+    );
     let scratch = tempfile::Builder::new().prefix(".compose-").tempdir_in(&dir)?;
     let _unfinished = crate::interrupt::track(scratch.path());
     let layers = [
         compose::artifact_layer(fetched, scratch.path())?,
         compose::overlay_layer(),
         compose::rendered_layer(rendered),
+        compose::image_layer(carried, &Cache::open(cache_root)?)?,
     ];
     let rootfs_tar = scratch.path().join("rootfs.tar");
     compose::compose(base_tar, &layers, 0, &rootfs_tar)?;
     let partial = scratch.path().join("base.img");
     let layout = image::build_base(&rootfs_tar, &cluster.name, &partial)?;
     spinner.finish_and_clear();
-    // Only the newest base image of a cluster is kept.
+    // Only the newest base image of a cluster's role is kept.
     for entry in fs::read_dir(&dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{}-", cluster.name)) && (name.ends_with(".img") || name.ends_with(".layout")) {
+        if name.starts_with(&prefix) && (name.ends_with(".img") || name.ends_with(".layout")) {
             let _ = fs::remove_file(entry.path());
         }
     }

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::artifacts::cache::{Cache, Entry};
 use crate::artifacts::download::{self, Mirror, Outcome};
-use crate::artifacts::lock::{Artifact, Lock};
+use crate::artifacts::lock::{Artifact, Image, Lock};
 use crate::artifacts::{self, refresh};
 use crate::diag::InvalidFile;
 use crate::error::BadInput;
@@ -145,9 +145,13 @@ pub struct SourceArgs {
     /// Use only the cache; fail listing what is missing
     #[arg(long, conflicts_with = "mirror")]
     pub offline: bool,
-    /// Fetch from this URL or directory (laid out as <mirror>/<host>/<path>) instead of upstream hosts
+    /// Fetch from this URL or directory (laid out as <mirror>/<host>/<path>) instead of upstream
+    /// hosts; a directory is also read as an OCI image layout (oci-layout, index.json, blobs/) for images
     #[arg(long, value_name = "URL|DIR")]
     pub mirror: Option<String>,
+    /// Pull every image from this registry instead of its own (containerd-style, with ?ns=<registry>)
+    #[arg(long, value_name = "URL", conflicts_with = "offline")]
+    pub registry_mirror: Option<String>,
     /// Also download files upstream publishes no digest for (cert-manager's manifest, for clusters
     /// with [ingress]); their observed digest is recorded, and later runs use those bytes without this flag
     #[arg(long)]
@@ -265,7 +269,15 @@ fn check(path: &Path, styled: bool) -> Result<()> {
 
 fn render(path: &Path, output: &Path, state: Option<PathBuf>, styled: bool) -> Result<Rendered> {
     let lock = Lock::embedded();
-    let (_, rendered) = crate::build::render_stage(path, output, state, &lock, styled)?;
+    let cluster = crate::build::load_cluster(path, &lock, styled)?;
+    // Unpinned images are named by the digest an earlier fetch observed, if the cache has one.
+    let cache = Cache::default_root().ok().and_then(|root| Cache::existing(&root));
+    let pins = crate::build::pins(&lock, &cluster, |image| {
+        cache
+            .as_ref()
+            .and_then(|c| c.observed(&artifacts::oci::pull::observed_key(&image.reference)))
+    })?;
+    let rendered = crate::build::render_stage(path, &cluster, output, state, &pins)?;
     println!(
         "These files contain the cluster's secrets (mode 0600); keep {} private.",
         output.display()
@@ -279,10 +291,7 @@ fn show_lock(lock: &Lock, kubernetes: Option<&str>) -> Result<()> {
         None => lock.kubernetes_versions(),
     };
     for version in versions {
-        println!(
-            "Kubernetes {version} (pause image {}):",
-            lock.kubernetes[&version].pause_image
-        );
+        println!("Kubernetes {version}:");
         for a in lock.for_kubernetes(&version) {
             let digest = a.digest.as_ref().map_or_else(
                 || format!("UNPINNED: {}", a.unpinned.as_deref().unwrap_or("")),
@@ -291,6 +300,20 @@ fn show_lock(lock: &Lock, kubernetes: Option<&str>) -> Result<()> {
             println!("  {:<34} {:<8} {digest}", a.name, a.version);
             println!("  {:<34} {:<8} {}", "", "", a.url);
             println!("  {:<34} {:<8} from {}", "", "", a.source);
+        }
+        println!("  images:");
+        for i in lock.images_for_kubernetes(&version) {
+            let digest = i.digest.as_ref().map_or_else(
+                || format!("UNPINNED: {}", i.unpinned.as_deref().unwrap_or("")),
+                ToString::to_string,
+            );
+            let carried = match i.nodes {
+                artifacts::lock::Nodes::All => "",
+                artifacts::lock::Nodes::ControlPlane => " (control-plane nodes)",
+            };
+            println!("  {:<34} {}{carried}", i.name, i.reference);
+            println!("  {:<34} {digest}", "");
+            println!("  {:<34} from {}", "", i.source);
         }
         println!();
     }
@@ -374,11 +397,12 @@ fn fetch(
 ) -> Result<()> {
     let lock = file.load()?;
     // For a cluster file, only what that cluster uses; for a release, everything.
-    let (version, selection): (String, Vec<Artifact>) = match (&cluster, kubernetes) {
+    let (version, selection, images): (String, Vec<Artifact>, Vec<Image>) = match (&cluster, kubernetes) {
         (Some(path), _) => {
             let cluster = crate::build::load_cluster(path, &lock, styled)?;
             let selection = lock.for_cluster(&cluster).cloned().collect();
-            (cluster.kubernetes_version, selection)
+            let images = lock.images_for_cluster(&cluster).cloned().collect();
+            (cluster.kubernetes_version, selection, images)
         }
         (None, v) => {
             let version = match v {
@@ -390,7 +414,8 @@ fn fetch(
                     .context("the lock pins no Kubernetes release")?,
             };
             let selection = lock.for_kubernetes(&version).cloned().collect();
-            (version, selection)
+            let images = lock.images_for_kubernetes(&version).cloned().collect();
+            (version, selection, images)
         }
     };
     let root = match &source.cache {
@@ -399,11 +424,11 @@ fn fetch(
     };
     let cache = Cache::open(&root)?;
     if list {
-        return list_cache(&selection, &version, &cache);
+        return list_cache(&selection, &images, &version, &cache);
     }
     let progress = std::io::stderr().is_terminal();
     let results = artifacts::fetch_all(selection, &cache, download_options(source), progress)?;
-    let mut failed: Vec<(Artifact, anyhow::Error)> = Vec::new();
+    let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
     for (a, result) in results {
         match result {
             Ok(f) => {
@@ -426,9 +451,43 @@ fn fetch(
             }
             Err(e) => {
                 println!("  -- {:<34} FAILED", a.name);
-                failed.push((a, e));
+                failed.push((a.name, e));
             }
         }
+    }
+    let started = std::time::Instant::now();
+    let mut transferred = 0;
+    for (image, result) in artifacts::pull_all(images, &cache, download_options(source), progress)? {
+        match result {
+            Ok(p) => {
+                transferred += p.transferred;
+                let how = if p.transferred == 0 {
+                    format!("cached, {}", human(p.size()))
+                } else {
+                    format!("fetched {} of {}", human(p.transferred), human(p.size()))
+                };
+                if p.unpinned {
+                    println!(
+                        "  !  {:<34} {how}; UNPINNED, observed {} (not verified against any published digest)",
+                        image.reference, p.top.0
+                    );
+                } else {
+                    println!("  ok {:<34} {how}", image.reference);
+                }
+            }
+            Err(e) => {
+                println!("  -- {:<34} FAILED", image.reference);
+                failed.push((image.reference, e));
+            }
+        }
+    }
+    if transferred > 0 {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "Images: {} in {secs:.1}s ({}/s)",
+            human(transferred),
+            human((transferred as f64 / secs.max(0.001)) as u64)
+        );
     }
     println!("Cache: {}", cache.root().display());
     if failed.is_empty() {
@@ -438,11 +497,11 @@ fn fetch(
         .iter()
         .all(|(_, e)| matches!(e.downcast_ref(), Some(download::FetchError::Offline { .. })));
     let mut msg = format!(
-        "{} of the files Kubernetes {version} needs could not be fetched:",
+        "{} of the files and images Kubernetes {version} needs could not be fetched:",
         failed.len()
     );
-    for (_, e) in &failed {
-        msg.push_str(&format!("\n  {e:#}"));
+    for (name, e) in &failed {
+        msg.push_str(&format!("\n  {name}: {e:#}"));
     }
     if offline {
         msg.push_str("\n  fix: run `kubestick fetch` once with network access, or give --mirror URL|DIR");
@@ -456,12 +515,13 @@ fn download_options(source: &SourceArgs) -> download::Options {
         retries: source.retries,
         retry_delay: std::time::Duration::from_secs_f64(source.retry_delay.clamp(0.0, 30.0)),
         mirror: source.mirror.as_deref().map(Mirror::parse),
+        registry_mirror: source.registry_mirror.clone(),
         offline: source.offline,
         allow_unpinned: source.allow_unpinned,
     }
 }
 
-fn list_cache(selection: &[Artifact], version: &str, cache: &Cache) -> Result<()> {
+fn list_cache(selection: &[Artifact], images: &[Image], version: &str, cache: &Cache) -> Result<()> {
     let mut missing = 0;
     println!("Artifacts for Kubernetes {version} in {}:", cache.root().display());
     for (a, entry) in artifacts::status(selection, cache)? {
@@ -477,6 +537,27 @@ fn list_cache(selection: &[Artifact], version: &str, cache: &Cache) -> Result<()
             }
         };
         println!("  {:<34} {:<8} {state}", a.name, a.version);
+    }
+    println!("Images:");
+    for (image, state) in artifacts::image_status(images, cache) {
+        let state = match state {
+            Ok(p) if p.unpinned => format!(
+                "cached, {} in {} blobs (unpinned, observed {})",
+                human(p.size()),
+                p.blobs.len(),
+                p.top.0
+            ),
+            Ok(p) => format!("verified, {} in {} blobs", human(p.size()), p.blobs.len()),
+            Err(e) => {
+                missing += 1;
+                match e.downcast_ref::<download::FetchError>() {
+                    Some(download::FetchError::Unpinned { .. }) => "missing (unpinned: needs --allow-unpinned)".into(),
+                    Some(download::FetchError::Offline { .. }) => "missing".into(),
+                    _ => format!("missing ({e:#})"),
+                }
+            }
+        };
+        println!("  {:<60} {state}", image.reference);
     }
     println!("{missing} missing.");
     Ok(())

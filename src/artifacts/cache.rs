@@ -71,6 +71,13 @@ impl Cache {
         })
     }
 
+    /// The cache at `root` if it exists, without creating anything (for read-only uses).
+    pub fn existing(root: &Path) -> Option<Cache> {
+        root.join("sha256").is_dir().then(|| Cache {
+            root: root.to_path_buf(),
+        })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -44,6 +44,8 @@ pub struct Options {
     /// First pause between attempts; doubled each time, at most [`MAX_BACKOFF`].
     pub retry_delay: Duration,
     pub mirror: Option<Mirror>,
+    /// A registry that mirrors every upstream registry (containerd-style, `?ns=<registry>`).
+    pub registry_mirror: Option<String>,
     pub offline: bool,
     pub allow_unpinned: bool,
 }
@@ -57,6 +59,7 @@ impl Default for Options {
             retries: 4,
             retry_delay: Duration::from_secs(1),
             mirror: None,
+            registry_mirror: None,
             offline: false,
             allow_unpinned: false,
         }
@@ -129,20 +132,81 @@ pub struct Fetched {
 
 pub struct Fetcher<'a> {
     cache: &'a Cache,
-    client: Client,
+    pub(crate) client: Client,
     options: Options,
 }
 
 /// One failed attempt: worth retrying or not.
-enum Attempt {
+pub(crate) enum Attempt {
     Retry(String),
     Fatal(anyhow::Error),
+}
+
+/// What one transfer is about, for limits and messages.
+pub(crate) struct Target<'t> {
+    pub name: &'t str,
+    /// At most this many bytes are accepted, when known.
+    pub size: Option<u64>,
+}
+
+/// Sends one request for the bytes from `offset` on; the caller decides URL and headers.
+pub(crate) type Send<'s> = &'s dyn Fn(u64) -> Result<reqwest::blocking::Response, Attempt>;
+
+/// Where content comes from.
+pub(crate) enum Source<'s> {
+    File(PathBuf),
+    Http { url: String, send: Send<'s> },
 }
 
 impl<'a> Fetcher<'a> {
     pub fn new(cache: &'a Cache, options: Options) -> Result<Self> {
         let client = http_client(options.timeout)?;
         Ok(Fetcher { cache, client, options })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    pub fn cache(&self) -> &Cache {
+        self.cache
+    }
+
+    /// Makes sure the content with digest `expected` is in the cache, taking it from
+    /// `source` if not; a mismatch, a cut body or too many bytes never reach the cache.
+    pub(crate) fn fetch_content(
+        &self,
+        target: &Target<'_>,
+        expected: &Digest,
+        source: &Source<'_>,
+        bar: &ProgressBar,
+    ) -> Result<Fetched> {
+        if let Some(f) = self.cached(expected)? {
+            return Ok(f);
+        }
+        let _lock = self.cache.lock(expected)?;
+        if let Some(f) = self.cached(expected)? {
+            return Ok(f);
+        }
+        let partial = self.cache.partial_path(expected);
+        if self.options.offline {
+            return Err(FetchError::Offline {
+                name: target.name.to_string(),
+                url: match source {
+                    Source::File(path) => path.display().to_string(),
+                    Source::Http { url, .. } => url.clone(),
+                },
+            }
+            .into());
+        }
+        let outcome = self.fill_from(target, source, &partial, expected.algorithm, bar, Some(expected))?;
+        let path = self.cache.commit(&partial, expected)?;
+        Ok(Fetched {
+            path,
+            digest: expected.clone(),
+            outcome,
+            unpinned: false,
+        })
     }
 
     /// Makes sure `artifact` is in the cache, verified; `bar` shows the bytes.
@@ -172,7 +236,7 @@ impl<'a> Fetcher<'a> {
         })
     }
 
-    fn cached(&self, d: &Digest) -> Result<Option<Fetched>> {
+    pub(crate) fn cached(&self, d: &Digest) -> Result<Option<Fetched>> {
         match self.cache.check(d)? {
             Entry::Verified { path, .. } => Ok(Some(Fetched {
                 path,
@@ -236,14 +300,46 @@ impl<'a> Fetcher<'a> {
         bar: &ProgressBar,
         expected: Option<&Digest>,
     ) -> Result<Outcome> {
-        let (outcome, actual, url) = match locate(&artifact.url, self.options.mirror.as_ref()) {
-            Location::File(path) => {
-                let (d, bytes) = self.copy_from_mirror(artifact, &path, partial, alg, bar)?;
+        let target = Target {
+            name: &artifact.name,
+            size: artifact.size,
+        };
+        let client = &self.client;
+        let source = match locate(&artifact.url, self.options.mirror.as_ref()) {
+            Location::File(path) => Source::File(path),
+            Location::Url(url) => {
+                let send_url = url.clone();
+                let send = move |offset: u64| plain_get(client, &send_url, offset);
+                return self.fill_from(
+                    &target,
+                    &Source::Http { url, send: &send },
+                    partial,
+                    alg,
+                    bar,
+                    expected,
+                );
+            }
+        };
+        self.fill_from(&target, &source, partial, alg, bar, expected)
+    }
+
+    fn fill_from(
+        &self,
+        target: &Target<'_>,
+        source: &Source<'_>,
+        partial: &Path,
+        alg: Algorithm,
+        bar: &ProgressBar,
+        expected: Option<&Digest>,
+    ) -> Result<Outcome> {
+        let (outcome, actual, url) = match source {
+            Source::File(path) => {
+                let (d, bytes) = self.copy_from_mirror(target, path, partial, alg, bar)?;
                 (Outcome::Copied { bytes }, d, path.display().to_string())
             }
-            Location::Url(url) => {
-                let (d, bytes, resumed_from) = self.download(artifact, &url, partial, alg, bar)?;
-                (Outcome::Downloaded { bytes, resumed_from }, d, url)
+            Source::Http { url, send } => {
+                let (d, bytes, resumed_from) = self.download(target, url, *send, partial, alg, bar)?;
+                (Outcome::Downloaded { bytes, resumed_from }, d, url.clone())
             }
         };
         if let Some(expected) = expected
@@ -251,7 +347,7 @@ impl<'a> Fetcher<'a> {
         {
             let _ = fs::remove_file(partial);
             return Err(FetchError::Mismatch {
-                name: artifact.name.clone(),
+                name: target.name.to_string(),
                 url,
                 expected: expected.clone(),
                 actual,
@@ -263,7 +359,7 @@ impl<'a> Fetcher<'a> {
 
     fn copy_from_mirror(
         &self,
-        artifact: &Artifact,
+        artifact: &Target<'_>,
         source: &Path,
         partial: &Path,
         alg: Algorithm,
@@ -273,7 +369,7 @@ impl<'a> Fetcher<'a> {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(FetchError::MirrorMissing {
-                    name: artifact.name.clone(),
+                    name: artifact.name.to_string(),
                     path: source.to_path_buf(),
                 }
                 .into());
@@ -287,7 +383,7 @@ impl<'a> Fetcher<'a> {
             &mut bar.wrap_read(input),
             &mut out,
             &mut hasher,
-            artifact.size.map(|s| (s, &artifact.name, source.display().to_string())),
+            artifact.size.map(|s| (s, artifact.name, source.display().to_string())),
         )
         .map_err(|e| match e {
             CopyError::Read(e) | CopyError::Write(e) => {
@@ -301,33 +397,46 @@ impl<'a> Fetcher<'a> {
     /// Downloads `url` into `partial`, resuming what an earlier attempt (or run) left.
     fn download(
         &self,
-        artifact: &Artifact,
+        artifact: &Target<'_>,
         url: &str,
+        send: Send<'_>,
         partial: &Path,
         alg: Algorithm,
         bar: &ProgressBar,
     ) -> Result<(Digest, u64, u64)> {
+        self.retrying(artifact.name, url, bar, || self.attempt(artifact, url, send, partial, alg, bar))
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retries are spent, pausing
+    /// with capped exponential backoff between attempts.
+    pub(crate) fn retrying<T>(
+        &self,
+        name: &str,
+        url: &str,
+        bar: &ProgressBar,
+        mut attempt: impl FnMut() -> Result<T, Attempt>,
+    ) -> Result<T> {
         let attempts = self.options.retries + 1;
         let mut last = String::new();
-        for attempt in 1..=attempts {
-            if attempt > 1 {
+        for n in 1..=attempts {
+            if n > 1 {
                 let pause = self
                     .options
                     .retry_delay
-                    .saturating_mul(1 << (attempt - 2).min(16))
+                    .saturating_mul(1 << (n - 2).min(16))
                     .min(MAX_BACKOFF);
                 bar.set_message(format!("retrying in {:.1}s: {last}", pause.as_secs_f64()));
                 std::thread::sleep(pause);
                 bar.set_message(String::new());
             }
-            match self.attempt(artifact, url, partial, alg, bar) {
-                Ok((digest, total, resumed_from)) => return Ok((digest, total, resumed_from)),
+            match attempt() {
+                Ok(v) => return Ok(v),
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Retry(why)) => last = why,
             }
         }
         Err(FetchError::GaveUp {
-            name: artifact.name.clone(),
+            name: name.to_string(),
             url: url.to_string(),
             attempts,
             last,
@@ -338,19 +447,16 @@ impl<'a> Fetcher<'a> {
     /// One request; returns the digest, the total size and the offset it resumed from.
     fn attempt(
         &self,
-        artifact: &Artifact,
+        artifact: &Target<'_>,
         url: &str,
+        send: Send<'_>,
         partial: &Path,
         alg: Algorithm,
         bar: &ProgressBar,
     ) -> Result<(Digest, u64, u64), Attempt> {
         let fatal = |e: anyhow::Error| Attempt::Fatal(e);
         let mut offset = fs::metadata(partial).map_or(0, |m| m.len());
-        let mut request = self.client.get(url);
-        if offset > 0 {
-            request = request.header(RANGE, format!("bytes={offset}-"));
-        }
-        let response = request.send().map_err(|e| Attempt::Retry(describe(&e)))?;
+        let response = send(offset)?;
         let status = response.status();
         match status {
             StatusCode::PARTIAL_CONTENT if offset > 0 && range_start(&response) == Some(offset) => {}
@@ -368,7 +474,7 @@ impl<'a> Fetcher<'a> {
             s => {
                 return Err(fatal(
                     FetchError::Http {
-                        name: artifact.name.clone(),
+                        name: artifact.name.to_string(),
                         url: url.to_string(),
                         status: s,
                     }
@@ -398,7 +504,7 @@ impl<'a> Fetcher<'a> {
         bar.set_position(offset);
         let limit = artifact
             .size
-            .map(|s| (s.saturating_sub(offset), &artifact.name, url.to_string()));
+            .map(|s| (s.saturating_sub(offset), artifact.name, url.to_string()));
         let received = match copy_hashing(&mut bar.wrap_read(response), &mut out, &mut hasher, limit) {
             Ok(n) => n,
             Err(CopyError::Read(e)) => return Err(Attempt::Retry(format!("the connection failed mid-file: {e}"))),
@@ -422,6 +528,15 @@ impl<'a> Fetcher<'a> {
         out.flush().map_err(|e| fatal(e.into()))?;
         Ok((hasher.finish(), offset + received, offset))
     }
+}
+
+/// A GET of `url` from byte `offset` on (a `Range` request when resuming).
+fn plain_get(client: &Client, url: &str, offset: u64) -> Result<reqwest::blocking::Response, Attempt> {
+    let mut request = client.get(url);
+    if offset > 0 {
+        request = request.header(RANGE, format!("bytes={offset}-"));
+    }
+    request.send().map_err(|e| Attempt::Retry(describe(&e)))
 }
 
 /// The HTTP client every download uses; `timeout` bounds connecting, waiting for the
@@ -464,7 +579,7 @@ fn copy_hashing(
     input: &mut impl Read,
     out: &mut File,
     hasher: &mut Hasher,
-    limit: Option<(u64, &String, String)>,
+    limit: Option<(u64, &str, String)>,
 ) -> Result<u64, CopyError> {
     let mut buf = vec![0u8; digest::BUFFER];
     let mut total = 0u64;
@@ -496,7 +611,7 @@ fn range_start(response: &reqwest::blocking::Response) -> Option<u64> {
 }
 
 /// reqwest's own messages hide the cause (timeout, refused) in the source chain.
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut s = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {

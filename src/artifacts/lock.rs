@@ -18,17 +18,62 @@ pub const EMBEDDED_NAME: &str = "artifacts.lock (built in)";
 pub struct Lock {
     pub format: u32,
     pub kubernetes: BTreeMap<String, KubernetesRelease>,
-    /// Container images the rendered add-on manifests name, by tag (their digests are not
-    /// published where they could be checked).
-    pub images: crate::render::Images,
     #[serde(default, rename = "artifact")]
     pub artifacts: Vec<Artifact>,
+    #[serde(default, rename = "image")]
+    pub images: Vec<Image>,
 }
+
+/// The lock format this kubestick reads. Format 1 named images by tag only.
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesRelease {
-    pub pause_image: String,
+    /// Where the release's image set (`kubeadm config images list`) was read.
+    pub image_set: Option<String>,
+}
+
+/// Which nodes carry an image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Nodes {
+    /// Every node (kube-proxy, coredns, pause, the add-ons' daemons).
+    #[default]
+    All,
+    /// Control-plane nodes only (the API server, controller manager, scheduler, etcd).
+    ControlPlane,
+}
+
+/// A container image, pulled by digest and carried on the stick.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// What templates call it (`images["kube-proxy"]`); unique per Kubernetes release.
+    pub name: String,
+    /// `registry/repository:tag`, always with the registry.
+    pub reference: String,
+    /// The Kubernetes release whose kubeadm runs it; absent for add-on images.
+    pub kubernetes: Option<String>,
+    #[serde(default)]
+    pub nodes: Nodes,
+    pub needs: Option<Needs>,
+    /// The registry's top-level digest: an index for multi-platform images. sha256 only.
+    pub digest: Option<Digest>,
+    /// Why there is no digest; refused unless the user opts in, like unpinned files.
+    pub unpinned: Option<String>,
+    /// Where the digest (or the tag) was taken from.
+    pub source: String,
+}
+
+impl Image {
+    /// `repository:tag@digest` when the digest is known, else the tag reference.
+    pub fn pinned_reference(&self, digest: Option<&Digest>) -> String {
+        match digest.or(self.digest.as_ref()) {
+            Some(d) => format!("{}@{d}", self.reference),
+            None => self.reference.clone(),
+        }
+    }
 }
 
 /// A part of the cluster only some cluster files ask for.
@@ -111,10 +156,16 @@ impl Lock {
                 return Err(InvalidFile(report));
             }
         };
-        if lock.format != 1 {
+        if lock.format != FORMAT {
+            let help = if lock.format == 1 {
+                "format 1 pinned container images by tag only; take the [[image]] entries from the \
+                 artifacts.lock of this kubestick's source, then set format = 2"
+                    .to_string()
+            } else {
+                format!("this kubestick reads format = {FORMAT}; use the kubestick that wrote this lock")
+            };
             report.push(
-                Diagnostic::error("format", None, format!("lock format {} is not understood", lock.format))
-                    .help("this kubestick reads format = 1; use the kubestick that wrote this lock"),
+                Diagnostic::error("format", None, format!("lock format {} is not understood", lock.format)).help(help),
             );
         }
         let mut seen = BTreeMap::new();
@@ -178,6 +229,7 @@ impl Lock {
                 );
             }
         }
+        check_images(&lock, &mut report);
         if report.has_errors() {
             Err(InvalidFile(report))
         } else {
@@ -199,23 +251,96 @@ impl Lock {
             .filter(move |a| a.kubernetes.as_deref().is_none_or(|k| k == version))
     }
 
-    /// What the renderer takes from the lock for Kubernetes `version` (None if not pinned).
-    pub fn pins(&self, version: &str) -> Option<crate::render::Pins> {
-        Some(crate::render::Pins {
-            pause_image: self.kubernetes.get(version)?.pause_image.clone(),
-            images: self.images.clone(),
-        })
+    /// Every image any cluster on Kubernetes `version` may run, in lock order.
+    pub fn images_for_kubernetes<'a>(&'a self, version: &'a str) -> impl Iterator<Item = &'a Image> + 'a {
+        self.images
+            .iter()
+            .filter(move |i| i.kubernetes.as_deref().is_none_or(|k| k == version))
+    }
+
+    /// The images one cluster runs: its release's, and the add-ons' it asks for.
+    pub fn images_for_cluster<'a>(&'a self, cluster: &'a crate::spec::Cluster) -> impl Iterator<Item = &'a Image> + 'a {
+        self.images_for_kubernetes(&cluster.kubernetes_version)
+            .filter(move |i| wanted(i.needs, cluster))
+    }
+
+    /// What the renderer takes from the lock for Kubernetes `version` (None if not pinned):
+    /// each image's reference with its digest. `observed` supplies the digest recorded for
+    /// an unpinned image the user opted in to; without one it is named by tag.
+    pub fn pins(
+        &self,
+        version: &str,
+        observed: impl Fn(&Image) -> Option<Digest>,
+    ) -> Option<crate::render::Pins> {
+        self.kubernetes.get(version)?;
+        let images = self
+            .images_for_kubernetes(version)
+            .map(|i| (i.name.clone(), i.pinned_reference(observed(i).as_ref())))
+            .collect();
+        Some(crate::render::Pins { images })
     }
 
     /// What one cluster needs: its Kubernetes release, and the ingress and storage files
     /// only when the cluster file asks for those parts.
     pub fn for_cluster<'a>(&'a self, cluster: &'a crate::spec::Cluster) -> impl Iterator<Item = &'a Artifact> + 'a {
         self.for_kubernetes(&cluster.kubernetes_version)
-            .filter(move |a| match a.needs {
-                None => true,
-                Some(Needs::Ingress) => cluster.ingress.is_some(),
-                Some(Needs::Storage) => cluster.storage.is_some(),
-            })
+            .filter(move |a| wanted(a.needs, cluster))
+    }
+}
+
+fn wanted(needs: Option<Needs>, cluster: &crate::spec::Cluster) -> bool {
+    match needs {
+        None => true,
+        Some(Needs::Ingress) => cluster.ingress.is_some(),
+        Some(Needs::Storage) => cluster.storage.is_some(),
+    }
+}
+
+/// The rules for `[[image]]` entries: a full tag reference, a sha256 digest or a reason
+/// for its absence, a known release, one entry per name and release.
+fn check_images(lock: &Lock, report: &mut Report) {
+    let mut seen = BTreeMap::new();
+    for (i, image) in lock.images.iter().enumerate() {
+        let at = |field: &str| format!("image[{i}].{field}");
+        if let Err(why) = super::oci::reference::ImageRef::parse(&image.reference) {
+            report.push(
+                Diagnostic::error(at("reference"), None, format!("`{}`: {why}", image.reference))
+                    .help("write registry/repository:tag, e.g. \"registry.k8s.io/pause:3.10.2\""),
+            );
+        }
+        if let Some(k) = &image.kubernetes
+            && !lock.kubernetes.contains_key(k)
+        {
+            report.push(
+                Diagnostic::error(
+                    at("kubernetes"),
+                    None,
+                    format!("image `{}` names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table", image.name),
+                )
+                .help("add the release table or correct the version"),
+            );
+        }
+        match (&image.digest, &image.unpinned) {
+            (Some(_), Some(_)) => report.push(
+                Diagnostic::error(at("unpinned"), None, format!("image `{}` has a digest and is marked unpinned", image.name))
+                    .help("remove `unpinned` now that a digest is known"),
+            ),
+            (None, None) => report.push(
+                Diagnostic::error(at("digest"), None, format!("image `{}` has no digest", image.name))
+                    .help("add the registry's digest, or `unpinned = \"why\"` if none is known"),
+            ),
+            (Some(d), None) if d.algorithm != super::digest::Algorithm::Sha256 => report.push(
+                Diagnostic::error(at("digest"), None, format!("image `{}`: registries address content by sha256", image.name))
+                    .help("give the sha256 digest the registry reports (Docker-Content-Digest)"),
+            ),
+            _ => {}
+        }
+        if let Some(first) = seen.insert((image.name.clone(), image.kubernetes.clone()), i) {
+            report.push(
+                Diagnostic::error(at("name"), None, format!("image `{}` is pinned twice (also image[{first}])", image.name))
+                    .help("keep one entry per image and Kubernetes release"),
+            );
+        }
     }
 }
 
@@ -278,17 +403,90 @@ mod tests {
 
     #[test]
     fn malformed_lock_gets_line_and_column() {
-        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"https://e/x\"\ndigest = \"sha256:zz\"\nsource = \"s\"\n";
+        let text = "format = 2\n[kubernetes.\"1.0.0\"]\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"https://e/x\"\ndigest = \"sha256:zz\"\nsource = \"s\"\n";
         let err = Lock::parse(Path::new("artifacts.lock"), text).unwrap_err();
         let rendered = err.0.render(false);
-        assert!(rendered.contains("artifacts.lock:15:10"), "{rendered}");
+        assert!(rendered.contains("artifacts.lock:9:10"), "{rendered}");
         assert!(rendered.contains("hex digits"), "{rendered}");
     }
 
     #[test]
     fn semantic_problems_are_all_reported() {
-        let text = "format = 1\n[kubernetes.\"1.0.0\"]\npause_image = \"p\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkubernetes = \"9.9.9\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"ftp://e/x\"\nsource = \"s\"\n";
+        let text = "format = 2\n[kubernetes.\"1.0.0\"]\n[[artifact]]\nname = \"x\"\nversion = \"1\"\nkubernetes = \"9.9.9\"\nkind = \"binary\"\ninstall = \"/x\"\nurl = \"ftp://e/x\"\nsource = \"s\"\n";
         let err = Lock::parse(Path::new("l"), text).unwrap_err();
         assert_eq!(err.0.errors(), 3, "{}", err.0.render(false));
+    }
+
+    #[test]
+    fn image_entries_are_checked() {
+        let text = "format = 2\n[kubernetes.\"1.0.0\"]\n\
+            [[image]]\nname = \"a\"\nreference = \"pause:3\"\ndigest = \"sha512:{}\"\nsource = \"s\"\n\
+            [[image]]\nname = \"a\"\nreference = \"r.io/a:1\"\nkubernetes = \"9.9.9\"\nsource = \"s\"\n\
+            [[image]]\nname = \"a\"\nreference = \"r.io/a:1\"\nsource = \"s\"\nunpinned = \"u\"\n";
+        let text = text.replace("{}", &"0".repeat(128));
+        let err = Lock::parse(Path::new("l"), &text).unwrap_err();
+        let rendered = err.0.render(false);
+        // No registry, sha512, unknown release, no digest, and `a` twice.
+        assert_eq!(err.0.errors(), 5, "{rendered}");
+        assert!(rendered.contains("names no registry"), "{rendered}");
+        assert!(rendered.contains("pinned twice"), "{rendered}");
+    }
+
+    #[test]
+    fn format_1_is_refused_with_a_way_forward() {
+        let err = Lock::parse(Path::new("l"), "format = 1\n[kubernetes.\"1.0.0\"]\n").unwrap_err();
+        assert!(err.0.render(false).contains("container images by tag only"), "{}", err.0.render(false));
+    }
+
+    #[test]
+    fn built_in_lock_pins_kubeadms_image_set_and_every_template_image() {
+        let lock = Lock::embedded();
+        for version in lock.kubernetes_versions() {
+            let names: Vec<&str> = lock.images_for_kubernetes(&version).map(|i| i.name.as_str()).collect();
+            for needed in [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kube-proxy",
+                "etcd",
+                "coredns",
+                "pause",
+                "flannel",
+                "flannel-cni-plugin",
+                "ceph",
+                "rook-ceph",
+                "cephcsi",
+                "csi-provisioner",
+                "traefik",
+                "cert-manager-controller",
+                "cert-manager-acmesolver",
+            ] {
+                assert!(names.contains(&needed), "{version} lacks image {needed}");
+            }
+            let cp_only: Vec<&str> = lock
+                .images_for_kubernetes(&version)
+                .filter(|i| i.nodes == Nodes::ControlPlane)
+                .map(|i| i.name.as_str())
+                .collect();
+            assert_eq!(cp_only, ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"]);
+        }
+        let k136: Vec<String> = lock
+            .images_for_kubernetes("1.36.4")
+            .filter(|i| i.kubernetes.is_some())
+            .map(|i| i.reference.clone())
+            .collect();
+        // Exactly `kubeadm config images list --kubernetes-version v1.36.4`.
+        assert_eq!(
+            k136,
+            [
+                "registry.k8s.io/kube-apiserver:v1.36.4",
+                "registry.k8s.io/kube-controller-manager:v1.36.4",
+                "registry.k8s.io/kube-scheduler:v1.36.4",
+                "registry.k8s.io/kube-proxy:v1.36.4",
+                "registry.k8s.io/etcd:3.6.8-0",
+                "registry.k8s.io/coredns/coredns:v1.14.2",
+                "registry.k8s.io/pause:3.10.2",
+            ]
+        );
     }
 }

@@ -76,6 +76,7 @@ pub const MODE_EXEC: u32 = 0o755;
 pub const UNIT_DIR: &str = "/etc/systemd/system";
 const ADDON_FLANNEL: &str = "/usr/local/share/kubestick/addons/flannel.yaml";
 const ADDON_ROOK: &str = "/usr/local/share/kubestick/addons/rook-cluster.yaml";
+const ADDON_ROOK_CSI_IMAGES: &str = "/usr/local/share/kubestick/addons/rook-csi-images.yaml";
 const ADDON_STORAGECLASS: &str = "/usr/local/share/kubestick/addons/storageclass.yaml";
 const ADDON_TRAEFIK: &str = "/usr/local/share/kubestick/addons/traefik.yaml";
 const ADDON_ISSUER: &str = "/usr/local/share/kubestick/addons/cluster-issuer.yaml";
@@ -102,18 +103,48 @@ impl CephDaemons {
 /// not reach into the artifacts stage.
 #[derive(Debug, Clone, Serialize)]
 pub struct Pins {
-    pub pause_image: String,
-    pub images: Images,
+    /// Image name in the lock → the reference manifests use (`repo:tag@sha256:...`).
+    pub images: std::collections::BTreeMap<String, String>,
 }
 
-/// The container images the add-on manifests name (the `[images]` table of the lock).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Images {
-    pub flannel: String,
-    pub flannel_cni_plugin: String,
-    pub ceph: String,
-    pub traefik: String,
+/// The images the templates name, and for which part of the cluster (None: every cluster).
+const TEMPLATE_IMAGES: &[(&str, Option<&str>)] = &[
+    ("pause", None),
+    ("flannel", None),
+    ("flannel-cni-plugin", None),
+    ("ceph", Some("storage")),
+    ("cephcsi", Some("storage")),
+    ("csi-provisioner", Some("storage")),
+    ("csi-attacher", Some("storage")),
+    ("csi-resizer", Some("storage")),
+    ("csi-snapshotter", Some("storage")),
+    ("csi-node-driver-registrar", Some("storage")),
+    ("csi-addons-sidecar", Some("storage")),
+    ("traefik", Some("ingress")),
+];
+
+/// Every image a template names for this cluster must be pinned.
+fn check_pins(cluster: &Cluster, pins: &Pins) -> Result<()> {
+    let missing: Vec<&str> = TEMPLATE_IMAGES
+        .iter()
+        .filter(|(_, part)| match part {
+            None => true,
+            Some("storage") => cluster.storage.is_some(),
+            Some(_) => cluster.ingress.is_some(),
+        })
+        .map(|(name, _)| *name)
+        .filter(|name| !pins.images.contains_key(*name))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the lock pins no image named {} for Kubernetes {}; the templates need them \
+             (add [[image]] entries to the lock)",
+            missing.join(", "),
+            cluster.kubernetes_version
+        )
+    }
 }
 
 pub struct Renderer {
@@ -140,6 +171,7 @@ impl Renderer {
     }
 
     pub fn render(&self, cluster: &Cluster, secrets: &Secrets, pins: &Pins) -> Result<Rendered> {
+        check_pins(cluster, pins)?;
         let mut base = tera::Context::new();
         base.insert("cluster", cluster);
         base.insert("api_endpoint", &cluster.api_endpoint());
@@ -149,7 +181,6 @@ impl Renderer {
         base.insert("control_plane", &cluster.control_plane().collect::<Vec<_>>());
         base.insert("bootstrap_token", secrets.bootstrap_token.as_str());
         base.insert("discovery_hash", &secrets.discovery_hash);
-        base.insert("pause_image", &pins.pause_image);
         base.insert("images", &pins.images);
         base.insert("ceph", &CephDaemons::for_cluster(cluster));
         if let Some(ingress) = &cluster.ingress {
@@ -166,6 +197,7 @@ impl Renderer {
             ("/etc/sysctl.d/90-kubestick.conf", MODE_FILE, "system/sysctl.conf"),
             ("/etc/containerd/config.toml", MODE_FILE, "system/containerd.toml"),
             ("/usr/local/lib/kubestick/prepare", MODE_EXEC, "system/prepare"),
+            ("/usr/local/lib/kubestick/images", MODE_EXEC, "firstboot/images"),
             ("/usr/local/lib/kubestick/storage", MODE_EXEC, "firstboot/storage"),
             ("/usr/local/lib/kubestick/bootstrap", MODE_EXEC, "firstboot/bootstrap"),
             ("/usr/local/lib/kubestick/status", MODE_EXEC, "firstboot/status"),
@@ -180,6 +212,7 @@ impl Renderer {
         // The cluster's add-on manifests, for the parts its file asks for.
         let storage = [
             (ADDON_ROOK, MODE_FILE, "addons/rook-cluster.yaml"),
+            (ADDON_ROOK_CSI_IMAGES, MODE_FILE, "addons/rook-csi-images.yaml"),
             (ADDON_STORAGECLASS, MODE_FILE, "addons/storageclass.yaml"),
         ];
         let ingress = [
@@ -194,6 +227,7 @@ impl Renderer {
             .collect::<Result<Vec<_>>>()?;
         let units = [
             "system/kubestick-prepare.service",
+            "firstboot/kubestick-images.service",
             "firstboot/kubestick-storage.service",
             "firstboot/kubestick-bootstrap.service",
             "firstboot/kubestick-addons.service",

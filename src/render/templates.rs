@@ -3,6 +3,18 @@
 
 pub const ALL: &[(&str, &str)] = &[
     (
+        "addons/rook-csi-images.yaml",
+        include_str!("../../templates/addons/rook-csi-images.yaml"),
+    ),
+    (
+        "firstboot/images",
+        include_str!("../../templates/firstboot/images"),
+    ),
+    (
+        "firstboot/kubestick-images.service",
+        include_str!("../../templates/firstboot/kubestick-images.service"),
+    ),
+    (
         "addons/cluster-issuer.yaml",
         include_str!("../../templates/addons/cluster-issuer.yaml"),
     ),

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 
 use super::overlays::{OVERLAYS, Overlay};
+use crate::artifacts::cache::Cache;
 use crate::artifacts::extract;
+use crate::artifacts::oci::layout;
+use crate::artifacts::oci::pull::Pulled;
 use crate::artifacts::lock::{Artifact, Kind};
 use crate::render::{NodeFile, Rendered, UNIT_DIR};
 
@@ -79,6 +82,58 @@ pub fn artifact_layer(artifacts: &[(Artifact, PathBuf)], scratch: &Path) -> Resu
                     .with_context(|| format!("unpacking {} ({})", artifact.name, cached.display()))?;
                 add_tree(&mut layer, &dest, &key(&artifact.install))?;
             }
+        }
+    }
+    Ok(layer)
+}
+
+/// The container images a node carries, as the OCI image layout first boot imports, plus
+/// the list of names the import must leave behind. Blobs come straight from the cache.
+pub fn image_layer(images: &[&Pulled], cache: &Cache) -> Result<Layer> {
+    let mut layer = Layer::new();
+    if images.is_empty() {
+        return Ok(layer);
+    }
+    let mut sorted = images.to_vec();
+    sorted.sort_by(|a, b| a.reference.cmp(&b.reference));
+    let dir = key(layout::DIR);
+    for sub in ["", "/blobs", "/blobs/sha256"] {
+        layer.insert(format!("{dir}{sub}"), Item::Dir { mode: 0o755 });
+    }
+    layer.insert(
+        format!("{dir}/oci-layout"),
+        Item::File {
+            source: Source::Bytes(layout::OCI_LAYOUT.as_bytes().to_vec()),
+            mode: 0o644,
+        },
+    );
+    layer.insert(
+        format!("{dir}/index.json"),
+        Item::File {
+            source: Source::Bytes(layout::index_json(&sorted)),
+            mode: 0o644,
+        },
+    );
+    layer.insert(
+        key(layout::NAMES),
+        Item::File {
+            source: Source::Bytes(layout::names(&sorted).into_bytes()),
+            mode: 0o644,
+        },
+    );
+    for p in &sorted {
+        for (digest, _) in &p.blobs {
+            let path = cache.path(digest);
+            if !path.exists() {
+                bail!("{} of {} is not in the cache ({})", digest, p.reference, path.display());
+            }
+            layer.insert(
+                format!("{dir}/blobs/{}/{}", digest.algorithm.as_str(), digest.hex),
+                Item::File {
+                    source: Source::File(path),
+                    mode: 0o644,
+                },
+            );
         }
     }
     Ok(layer)
