@@ -11,12 +11,20 @@ The doubles record how they were called (one line per call in
 /var/log/kubestick-doubles.log on the node) and succeed; containerd tells systemd it is
 ready so its unit starts like the real one.
 
+Every container image in the lock becomes a tiny single-platform OCI image (one layer
+holding /kubestick-double), written into OUT/mirror as an OCI image layout (oci-layout,
+index.json, blobs/sha256/...), the form `--mirror DIR` reads images from; the lock pins its
+manifest digest. The ctr double imports what it is given the way ctr does as far as a
+first-boot step can see: it reads the layout's index.json from the tar stream and from then
+on lists those image names.
+
 Usage: make-mirror.py REPO_ROOT OUT_DIR
 """
 import hashlib
 import io
 import os
 import sys
+import json
 import tarfile
 import tomllib
 
@@ -26,7 +34,18 @@ echo "$(date +%s) {name} $*" >> /var/log/kubestick-doubles.log
 {extra}exit 0
 """
 
+CTR = r"""case "$*" in
+*" images import "*|"images import "*)
+    tar -xOf - ./index.json | python3 -c 'import json, sys
+for m in json.load(sys.stdin)["manifests"]:
+    print(m["annotations"]["io.containerd.image.name"])' >> /var/lib/kubestick-doubles-ctr-images;;
+*" images list"*|"images list"*)
+    cat /var/lib/kubestick-doubles-ctr-images 2>/dev/null || true;;
+esac
+"""
+
 EXTRA = {
+    "ctr": CTR,
     "containerd": 'command -v systemd-notify >/dev/null && systemd-notify --ready\nexec sleep infinity\n',
     "kubectl": 'case "$1" in version) echo "Client Version: v{version} (kubestick test double)";; esac\n',
     # init/join also record the digest of the --config file, so a test can tell that the
@@ -131,6 +150,52 @@ def double(artifact):
     raise SystemExit(f"no test double for archive {name}")
 
 
+def gz_tar(files):
+    """A reproducible gzip'd tar: fixed times, owners and order."""
+    import gzip
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for path, data in files:
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def write_blob(layout, data):
+    digest = hashlib.sha256(data).hexdigest()
+    path = os.path.join(layout, "blobs", "sha256", digest)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return {"digest": "sha256:" + digest, "size": len(data)}
+
+
+def image_double(layout, image):
+    """A one-layer linux/amd64 OCI image standing in for `image`; returns its manifest descriptor."""
+    layer = gz_tar([("kubestick-double", f"kubestick test double for {image['reference']}\n".encode())])
+    layer_desc = write_blob(layout, layer)
+    diff_id = "sha256:" + hashlib.sha256(tarfile_bytes(layer)).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/kubestick-double"]},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}, sort_keys=True).encode()
+    config_desc = write_blob(layout, config)
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_desc},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer_desc}],
+    }).encode()
+    return {"mediaType": "application/vnd.oci.image.manifest.v1+json", **write_blob(layout, manifest),
+            "annotations": {"org.opencontainers.image.ref.name": image["reference"]}}
+
+
+def tarfile_bytes(gz):
+    import gzip
+    return gzip.decompress(gz)
+
+
 def toml_value(v):
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -146,9 +211,23 @@ def main():
         lines.append(f'[kubernetes."{version}"]')
         lines += [f"{k} = {toml_value(v)}" for k, v in release.items()]
         lines.append("")
-    lines.append("[images]")
-    lines += [f"{k} = {toml_value(v)}" for k, v in lock["images"].items()]
-    lines.append("")
+    layout = os.path.join(out, "mirror")
+    os.makedirs(layout, exist_ok=True)
+    manifests = []
+    for image in lock.get("image", []):
+        desc = image_double(layout, image)
+        manifests.append(desc)
+        entry = dict(image)
+        entry["digest"] = desc["digest"]
+        entry["source"] = "kubestick test double"
+        entry.pop("unpinned", None)
+        lines.append("[[image]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
+        lines.append("")
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion":"1.0.0"}\n')
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}, f, indent=1)
     for artifact in lock["artifact"]:
         data = double(artifact)
         host_path = artifact["url"].split("://", 1)[1]

@@ -16,7 +16,7 @@ fn body(n: usize) -> Vec<u8> {
 /// A lock with one release and the given artifacts: (name, url, digest or None for unpinned).
 fn write_lock(s: &Scratch, artifacts: &[(&str, String, Option<String>)]) -> PathBuf {
     let mut text = String::from(
-        "# test lock\nformat = 1\n\n[kubernetes.\"1.36.4\"]\npause_image = \"registry.k8s.io/pause:3.10.2\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n",
+        "# test lock\nformat = 2\n\n[kubernetes.\"1.36.4\"]\n",
     );
     for (name, url, digest) in artifacts {
         text.push_str(&format!(
@@ -408,14 +408,14 @@ fn concurrent_runs_share_one_download() {
 #[test]
 fn a_malformed_lock_gets_line_and_column() {
     let s = Scratch::new();
-    let lock = s.write("artifacts.lock", "format = 1\n[kubernetes.\"1.36.4\"]\npause_image = \"p\"\n[images]\nflannel = \"f\"\nflannel_cni_plugin = \"c\"\nceph = \"c\"\ntraefik = \"t\"\n\n[[artifact]]\nname = \"kubeadm\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/y\"\nurl = \"https://x/y\"\ndigest = \"sha256:1234\"\nsource = \"s\"\n");
+    let lock = s.write("artifacts.lock", "format = 2\n[kubernetes.\"1.36.4\"]\n\n[[artifact]]\nname = \"kubeadm\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/y\"\nurl = \"https://x/y\"\ndigest = \"sha256:1234\"\nsource = \"s\"\n");
     let err = stderr(&fetch(&s, &lock, &[]).code(2));
     assert!(
-        err.contains("artifacts.lock:16:10") && err.contains("hex digits"),
+        err.contains("artifacts.lock:10:10") && err.contains("hex digits"),
         "{err}"
     );
     let err = stderr(&kubestick().arg("lock").arg("--lock").arg(&lock).assert().code(2));
-    assert!(err.contains("artifacts.lock:16:10"), "{err}");
+    assert!(err.contains("artifacts.lock:10:10"), "{err}");
 }
 
 #[test]

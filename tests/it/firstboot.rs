@@ -48,6 +48,17 @@ const DOUBLES: &[(&str, &str)] = &[
         "unit=$(eval echo \\${$#}); step=${unit#kubestick-}; step=${step%.service}\neval echo \\${FAKE_ACTIVE_$step:-inactive}",
     ),
     ("hostname", "echo cp-2"),
+    // containerd's client: imports keep the tar stream; the list is what the stream's
+    // index.json names, less FAKE_CTR_LOSES (an import that lost an image).
+    (
+        "ctr",
+        "case \"$*\" in\n\
+         *' version') [ -z \"${FAKE_CTR_DOWN:-}\" ] || exit 1;;\n\
+         *' images import '*) cat > \"$FAKE_DIR/imported.tar\";;\n\
+         *' images list '*) tar -xOf \"$FAKE_DIR/imported.tar\" ./index.json | python3 -c 'import json, sys\n\
+         for m in json.load(sys.stdin)[\"manifests\"]: print(m[\"annotations\"][\"io.containerd.image.name\"])' | grep -vxF \"${FAKE_CTR_LOSES:-(none)}\";;\n\
+         esac",
+    ),
     // Time passes while a script waits: the cluster gets created meanwhile.
     (
         "sleep",
@@ -361,6 +372,8 @@ fn bootstrap_machine(node: &str, role: &str) -> Machine {
     fs::create_dir_all(m.path("k8s/pki/etcd")).unwrap();
     fs::write(m.path("k8s/pki/ca.crt"), "the cluster CA\n").unwrap();
     fs::write(m.path("k8s/pki/etcd/ca.key"), "the etcd CA key\n").unwrap();
+    fs::create_dir_all(m.path("state")).unwrap();
+    fs::write(m.path("state/images.done"), "2026-11-24T09:00:00Z imported 7 images\n").unwrap();
     m
 }
 
@@ -556,6 +569,7 @@ fn status_shows_each_step_for_the_console_and_ssh() {
         [
             "kubestick node cp-2 (control-plane)",
             "prepare    done",
+            "images     done: imported 7 images",
             "storage    done: cleared /dev/disk/by-id/ata-X (/dev/sdb): signatures: gpt",
             "bootstrap  running (journalctl -u kubestick-bootstrap.service)",
             "addons     FAILED: see journalctl -u kubestick-addons.service",
@@ -582,6 +596,7 @@ fn status_tells_the_console_each_step_that_changed() {
         console().lines().collect::<Vec<_>>(),
         [
             "kubestick: prepare    waiting",
+            "kubestick: images     done: imported 7 images",
             "kubestick: storage    waiting",
             "kubestick: bootstrap  running (journalctl -u kubestick-bootstrap.service)",
             "kubestick: addons     waiting",
@@ -685,6 +700,7 @@ fn addons_wait_for_the_cluster_then_apply_network_storage_and_ingress_in_order()
             "rook-csi-operator.yaml",
             "(crds established)",
             "rook-operator.yaml",
+            "rook-csi-images.yaml",
             "rook-cluster.yaml",
             "storageclass.yaml",
             "traefik-crd-ingressroutes.yaml",
@@ -726,4 +742,119 @@ fn a_failed_apply_is_retried_whole_and_a_finished_run_is_not_repeated() {
         log(&out)
     );
     assert_eq!(m.calls(), calls, "a second boot applies nothing");
+}
+
+// --- images ------------------------------------------------------------------------
+
+/// A node whose stick carries two images in an OCI layout, as `kubestick build` writes it.
+fn images_machine() -> Machine {
+    let m = Machine::new("if-not-osd");
+    let layout = m.path("images");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    fs::write(layout.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}\n").unwrap();
+    let names = [
+        "registry.k8s.io/pause:3.10.2",
+        "registry.k8s.io/pause@sha256:f548e0e8e3dc1896ca956272154dde3314e8cc4fde0a57577ee9fa1c63f5baf4",
+        "ghcr.io/flannel-io/flannel:v0.28.9",
+        "ghcr.io/flannel-io/flannel@sha256:d666a036197fe6c8928f82b670d89f38f5830d25e70bfcc35641da06f03cfcad",
+    ];
+    let manifests: Vec<serde_json::Value> = names
+        .iter()
+        .map(|n| serde_json::json!({"annotations": {"io.containerd.image.name": n}}))
+        .collect();
+    fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
+    )
+    .unwrap();
+    fs::write(m.path("images.list"), names.join("\n") + "\n").unwrap();
+    m
+}
+
+fn run_images(m: &Machine, extra_env: &[(&str, &str)]) -> Output {
+    let images = m.path("images");
+    let names = m.path("images.list");
+    let mut env = vec![
+        ("KUBESTICK_IMAGES", images.to_str().unwrap()),
+        ("KUBESTICK_IMAGE_NAMES", names.to_str().unwrap()),
+        ("KUBESTICK_CONTAINERD_WAIT", "2"),
+    ];
+    env.extend_from_slice(extra_env);
+    m.run_script("images", &env)
+}
+
+#[test]
+fn images_are_imported_pinned_under_both_names_once() {
+    let m = images_machine();
+    let out = run_images(&m, &[]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    let imports: Vec<String> = m
+        .calls()
+        .lines()
+        .filter(|l| l.contains(" images import "))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        imports,
+        ["ctr --address /run/containerd/containerd.sock --namespace k8s.io images import --platform linux/amd64 --label io.cri-containerd.pinned=pinned -"],
+    );
+    // The whole layout went in as one tar stream.
+    let listing = run_tool("tar", &["-tf", m.path("imported.tar").to_str().unwrap()]);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("./oci-layout") && listing.contains("./index.json"), "{listing}");
+    let done = fs::read_to_string(m.path("state/images.done")).unwrap();
+    assert!(done.contains("imported 2 images"), "{done}");
+    assert!(text.contains("importing 2 images"), "{text}");
+
+    let again = run_images(&m, &[]);
+    assert!(again.status.success(), "{}", log(&again));
+    assert!(log(&again).contains("already done"), "{}", log(&again));
+    assert_eq!(m.calls().matches(" images import ").count(), 1, "imported twice");
+}
+
+#[test]
+fn an_image_missing_after_the_import_fails_the_step_naming_it() {
+    let m = images_machine();
+    let lost = "ghcr.io/flannel-io/flannel@sha256:d666a036197fe6c8928f82b670d89f38f5830d25e70bfcc35641da06f03cfcad";
+    let out = run_images(&m, &[("FAKE_CTR_LOSES", lost)]);
+    let text = log(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("ERROR: {lost} is not in containerd")), "{text}");
+    assert!(!m.path("state/images.done").exists());
+    // The retry (systemd's Restart=on-failure) imports again and finishes.
+    let out = run_images(&m, &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert_eq!(m.calls().matches(" images import ").count(), 2);
+}
+
+#[test]
+fn images_wait_for_containerd_and_say_so_when_it_never_answers() {
+    let m = images_machine();
+    let out = run_images(&m, &[("FAKE_CTR_DOWN", "1")]);
+    let text = log(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("containerd does not answer"), "{text}");
+    assert!(!m.calls().contains(" images import "), "imported into nothing");
+}
+
+#[test]
+fn a_stick_without_images_has_nothing_to_import() {
+    let m = images_machine();
+    fs::write(m.path("images.list"), "").unwrap();
+    let out = run_images(&m, &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(!m.calls().contains("ctr "), "{}", m.calls());
+    assert!(fs::read_to_string(m.path("state/images.done")).unwrap().contains("no container images"));
+}
+
+#[test]
+fn bootstrap_waits_for_the_images_before_kubeadm() {
+    let m = bootstrap_machine("cp-1", "control-plane");
+    fs::remove_file(m.path("state/images.done")).unwrap();
+    let out = m.run_script("bootstrap", &[]);
+    let text = log(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("waiting for kubestick-images"), "{text}");
+    assert!(commands(&m).is_empty(), "{:?}", commands(&m));
 }

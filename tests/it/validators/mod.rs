@@ -350,6 +350,6 @@ fn containerd_uses_systemd_cgroups_and_the_pinned_pause_image() {
     assert_eq!(runtime["options"]["SystemdCgroup"].as_bool(), Some(true));
     assert_eq!(
         config["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
-        Some("registry.k8s.io/pause:3.10.2")
+        Some("registry.k8s.io/pause:3.10.2@sha256:f548e0e8e3dc1896ca956272154dde3314e8cc4fde0a57577ee9fa1c63f5baf4")
     );
 }
