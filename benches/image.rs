@@ -102,7 +102,9 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e}"))
         .cluster;
     let secrets = kubestick::secrets::load(&work.join("cluster.secrets")).unwrap();
-    let pins = lock.pins(&cluster.kubernetes_version).expect("the release is pinned");
+    let pins = lock
+        .pins(&cluster.kubernetes_version, |_| None)
+        .expect("the release is pinned");
     let rendered = kubestick::render::Renderer::new()
         .unwrap()
         .render(&cluster, &secrets, &pins)

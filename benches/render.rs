@@ -55,7 +55,7 @@ fn main() {
     let cluster = spec::parse(Path::new("bench.toml"), &toml, &versions)
         .expect("generated cluster is valid")
         .cluster;
-    let pins = Lock::embedded().pins("1.36.4").expect("1.36.4 is pinned");
+    let pins = Lock::embedded().pins("1.36.4", |_| None).expect("1.36.4 is pinned");
     let renderer = Renderer::new().unwrap();
 
     let parse = time(|| spec::parse(Path::new("bench.toml"), &toml, &versions).unwrap().cluster);

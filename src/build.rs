@@ -9,8 +9,8 @@ use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha256};
 
 use crate::artifacts::cache::Cache;
-use crate::artifacts::download;
 use crate::artifacts::digest::Digest;
+use crate::artifacts::download;
 use crate::artifacts::lock::{Image, Lock, Nodes};
 use crate::artifacts::oci::pull::Pulled;
 use crate::diag::Report;
@@ -176,7 +176,10 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     }
 
     let pins = pins(&req.lock, &cluster, |image| {
-        pulled.iter().find(|p| p.image.name == image.name).map(|p| p.top.0.clone())
+        pulled
+            .iter()
+            .find(|p| p.image.name == image.name)
+            .map(|p| p.top.0.clone())
     })?;
     let rendered = render_stage(req.cluster, &cluster, req.output, req.state.clone(), &pins)?;
 

@@ -118,9 +118,13 @@ pub enum LockAction {
         /// Update changed digests in the lock file given with --lock
         #[arg(long)]
         write: bool,
-        /// Read checksum files from this URL or directory instead of upstream hosts
+        /// Read checksum files from this URL or directory instead of upstream hosts (a directory
+        /// is also read as an OCI image layout to resolve image tags)
         #[arg(long, value_name = "URL|DIR")]
         mirror: Option<String>,
+        /// Resolve image tags at this registry instead of each image's own
+        #[arg(long, value_name = "URL")]
+        registry_mirror: Option<String>,
     },
 }
 
@@ -247,9 +251,14 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
         } => show_lock(&lock.load()?, kubernetes.as_deref()),
         Command::Lock {
             lock: file,
-            action: Some(LockAction::Refresh { write, mirror }),
+            action:
+                Some(LockAction::Refresh {
+                    write,
+                    mirror,
+                    registry_mirror,
+                }),
             ..
-        } => refresh_lock(&file, write, mirror),
+        } => refresh_lock(&file, write, mirror, registry_mirror),
         Command::Fetch {
             cluster,
             kubernetes,
@@ -333,7 +342,7 @@ fn known_version(lock: &Lock, v: &str) -> Result<String> {
     }
 }
 
-fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>) -> Result<()> {
+fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>, registry_mirror: Option<String>) -> Result<()> {
     if write && file.file.is_none() {
         return Err(BadInput(
             "--write needs the lock file to update: `kubestick lock refresh --write --lock artifacts.lock`".into(),
@@ -371,18 +380,48 @@ fn refresh_lock(file: &LockFile, write: bool, mirror: Option<String>) -> Result<
             }
         }
     }
-    if write && !changes.is_empty() {
+    println!("Images (tags resolved at the registry):");
+    let options = download::Options {
+        mirror: mirror.clone(),
+        registry_mirror: registry_mirror.clone(),
+        retries: 2,
+        ..download::Options::default()
+    };
+    let mut image_changes = Vec::new();
+    for (i, check) in refresh::check_images(&lock, options)? {
+        let image = &lock.images[i];
+        match check {
+            refresh::Check::Same => println!("  same       {}", image.reference),
+            refresh::Check::Changed { published } => {
+                match &image.digest {
+                    Some(d) => println!("  CHANGED    {}: lock {d}, registry {published}", image.reference),
+                    None => println!("  resolved   {}: unpinned, registry {published}", image.reference),
+                }
+                image_changes.push((i, published));
+            }
+            refresh::Check::Unavailable { reason } => {
+                println!("  ERROR      {}: {reason}", image.reference);
+                unavailable += 1;
+            }
+            refresh::Check::NotPublished => {}
+        }
+    }
+    let total = changes.len() + image_changes.len();
+    if write && total > 0 {
         let path = file.file.as_ref().expect("checked above");
-        refresh::write_changes(path, &changes)?;
-        println!("Updated {} digest(s) in {}.", changes.len(), path.display());
-    } else if !changes.is_empty() {
-        println!(
-            "{} digest(s) differ; run again with --lock FILE --write to update FILE.",
-            changes.len()
-        );
+        if !changes.is_empty() {
+            refresh::write_changes(path, &changes)?;
+        }
+        if !image_changes.is_empty() {
+            let lock = Lock::from_file(path)?;
+            refresh::write_image_changes(path, &image_changes, &lock, registry_mirror.as_deref().unwrap_or(""))?;
+        }
+        println!("Updated {total} digest(s) in {}.", path.display());
+    } else if total > 0 {
+        println!("{total} digest(s) differ; run again with --lock FILE --write to update FILE.");
     }
     if unavailable > 0 {
-        anyhow::bail!("{unavailable} checksum file(s) could not be read");
+        anyhow::bail!("{unavailable} checksum file(s) or image tag(s) could not be read");
     }
     Ok(())
 }

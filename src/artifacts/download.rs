@@ -310,14 +310,7 @@ impl<'a> Fetcher<'a> {
             Location::Url(url) => {
                 let send_url = url.clone();
                 let send = move |offset: u64| plain_get(client, &send_url, offset);
-                return self.fill_from(
-                    &target,
-                    &Source::Http { url, send: &send },
-                    partial,
-                    alg,
-                    bar,
-                    expected,
-                );
+                return self.fill_from(&target, &Source::Http { url, send: &send }, partial, alg, bar, expected);
             }
         };
         self.fill_from(&target, &source, partial, alg, bar, expected)
@@ -404,7 +397,9 @@ impl<'a> Fetcher<'a> {
         alg: Algorithm,
         bar: &ProgressBar,
     ) -> Result<(Digest, u64, u64)> {
-        self.retrying(artifact.name, url, bar, || self.attempt(artifact, url, send, partial, alg, bar))
+        self.retrying(artifact.name, url, bar, || {
+            self.attempt(artifact, url, send, partial, alg, bar)
+        })
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retries are spent, pausing

@@ -267,11 +267,7 @@ impl Lock {
     /// What the renderer takes from the lock for Kubernetes `version` (None if not pinned):
     /// each image's reference with its digest. `observed` supplies the digest recorded for
     /// an unpinned image the user opted in to; without one it is named by tag.
-    pub fn pins(
-        &self,
-        version: &str,
-        observed: impl Fn(&Image) -> Option<Digest>,
-    ) -> Option<crate::render::Pins> {
+    pub fn pins(&self, version: &str, observed: impl Fn(&Image) -> Option<Digest>) -> Option<crate::render::Pins> {
         self.kubernetes.get(version)?;
         let images = self
             .images_for_kubernetes(version)
@@ -315,30 +311,45 @@ fn check_images(lock: &Lock, report: &mut Report) {
                 Diagnostic::error(
                     at("kubernetes"),
                     None,
-                    format!("image `{}` names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table", image.name),
+                    format!(
+                        "image `{}` names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table",
+                        image.name
+                    ),
                 )
                 .help("add the release table or correct the version"),
             );
         }
         match (&image.digest, &image.unpinned) {
             (Some(_), Some(_)) => report.push(
-                Diagnostic::error(at("unpinned"), None, format!("image `{}` has a digest and is marked unpinned", image.name))
-                    .help("remove `unpinned` now that a digest is known"),
+                Diagnostic::error(
+                    at("unpinned"),
+                    None,
+                    format!("image `{}` has a digest and is marked unpinned", image.name),
+                )
+                .help("remove `unpinned` now that a digest is known"),
             ),
             (None, None) => report.push(
                 Diagnostic::error(at("digest"), None, format!("image `{}` has no digest", image.name))
                     .help("add the registry's digest, or `unpinned = \"why\"` if none is known"),
             ),
             (Some(d), None) if d.algorithm != super::digest::Algorithm::Sha256 => report.push(
-                Diagnostic::error(at("digest"), None, format!("image `{}`: registries address content by sha256", image.name))
-                    .help("give the sha256 digest the registry reports (Docker-Content-Digest)"),
+                Diagnostic::error(
+                    at("digest"),
+                    None,
+                    format!("image `{}`: registries address content by sha256", image.name),
+                )
+                .help("give the sha256 digest the registry reports (Docker-Content-Digest)"),
             ),
             _ => {}
         }
         if let Some(first) = seen.insert((image.name.clone(), image.kubernetes.clone()), i) {
             report.push(
-                Diagnostic::error(at("name"), None, format!("image `{}` is pinned twice (also image[{first}])", image.name))
-                    .help("keep one entry per image and Kubernetes release"),
+                Diagnostic::error(
+                    at("name"),
+                    None,
+                    format!("image `{}` is pinned twice (also image[{first}])", image.name),
+                )
+                .help("keep one entry per image and Kubernetes release"),
             );
         }
     }
@@ -435,7 +446,11 @@ mod tests {
     #[test]
     fn format_1_is_refused_with_a_way_forward() {
         let err = Lock::parse(Path::new("l"), "format = 1\n[kubernetes.\"1.0.0\"]\n").unwrap_err();
-        assert!(err.0.render(false).contains("container images by tag only"), "{}", err.0.render(false));
+        assert!(
+            err.0.render(false).contains("container images by tag only"),
+            "{}",
+            err.0.render(false)
+        );
     }
 
     #[test]
@@ -468,7 +483,10 @@ mod tests {
                 .filter(|i| i.nodes == Nodes::ControlPlane)
                 .map(|i| i.name.as_str())
                 .collect();
-            assert_eq!(cp_only, ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"]);
+            assert_eq!(
+                cp_only,
+                ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"]
+            );
         }
         let k136: Vec<String> = lock
             .images_for_kubernetes("1.36.4")

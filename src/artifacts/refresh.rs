@@ -94,6 +94,61 @@ fn check_one(client: &Client, artifact: &Artifact, mirror: Option<&Mirror>) -> C
     }
 }
 
+/// Resolves every image's tag at its registry (or `options`' mirrors) and compares the
+/// digest with the pin. For maintainers with network access: a tag can move upstream, so a
+/// changed digest is a finding to review, not to accept blindly.
+pub fn check_images(lock: &Lock, options: super::download::Options) -> Result<Vec<(usize, Check)>> {
+    let scratch = tempfile::tempdir().context("creating a scratch cache")?;
+    let cache = super::cache::Cache::open(scratch.path())?;
+    let fetcher = super::download::Fetcher::new(&cache, options)?;
+    let puller = super::oci::pull::Puller::new(&fetcher)?;
+    Ok(lock
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let check = match puller.resolve(image) {
+                Ok(d) if Some(&d) == image.digest.as_ref() => Check::Same,
+                Ok(published) => Check::Changed { published },
+                Err(e) => Check::Unavailable {
+                    reason: format!("{e:#}"),
+                },
+            };
+            (i, check)
+        })
+        .collect())
+}
+
+/// Pins resolved image digests in the lock file at `path` (comments kept): the digest is
+/// set, `unpinned` removed, and `source` says where and when it was resolved.
+pub fn write_image_changes(path: &Path, changes: &[(usize, Digest)], lock: &Lock, registry: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut doc: toml_edit::DocumentMut = text.parse().with_context(|| format!("parsing {}", path.display()))?;
+    let Some(tables) = doc.get_mut("image").and_then(|a| a.as_array_of_tables_mut()) else {
+        bail!("{} has no [[image]] tables", path.display());
+    };
+    let today = time::OffsetDateTime::now_utc().date();
+    for (index, digest) in changes {
+        let table = tables
+            .get_mut(*index)
+            .with_context(|| format!("{} has no image {index}", path.display()))?;
+        let from = if registry.is_empty() {
+            lock.images[*index]
+                .reference
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            registry.to_string()
+        };
+        table.remove("unpinned");
+        table["digest"] = toml_edit::value(digest.to_string());
+        table["source"] = toml_edit::value(format!("resolved at {from} by `kubestick lock refresh` on {today}"));
+    }
+    crate::fsx::write_atomic(path, doc.to_string().as_bytes(), crate::fsx::PUBLIC_MODE)
+}
+
 /// Rewrites the digests of changed entries in the lock file at `path`, keeping comments.
 pub fn write_changes(path: &Path, changes: &[(usize, Digest)]) -> Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

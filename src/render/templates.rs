@@ -6,10 +6,7 @@ pub const ALL: &[(&str, &str)] = &[
         "addons/rook-csi-images.yaml",
         include_str!("../../templates/addons/rook-csi-images.yaml"),
     ),
-    (
-        "firstboot/images",
-        include_str!("../../templates/firstboot/images"),
-    ),
+    ("firstboot/images", include_str!("../../templates/firstboot/images")),
     (
         "firstboot/kubestick-images.service",
         include_str!("../../templates/firstboot/kubestick-images.service"),

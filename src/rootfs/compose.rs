@@ -12,9 +12,9 @@ use anyhow::{Context as _, Result, bail};
 use super::overlays::{OVERLAYS, Overlay};
 use crate::artifacts::cache::Cache;
 use crate::artifacts::extract;
+use crate::artifacts::lock::{Artifact, Kind};
 use crate::artifacts::oci::layout;
 use crate::artifacts::oci::pull::Pulled;
-use crate::artifacts::lock::{Artifact, Kind};
 use crate::render::{NodeFile, Rendered, UNIT_DIR};
 
 /// Where an item's bytes come from.

@@ -17,6 +17,9 @@ pub fn repo() -> PathBuf {
 pub fn kubestick() -> Command {
     let mut cmd = Command::cargo_bin("kubestick").unwrap();
     cmd.env("NO_COLOR", "1");
+    // Never the developer's own cache: `render` names unpinned images by the digests it
+    // records, which would make rendered files depend on the machine.
+    cmd.env("XDG_CACHE_HOME", "/nonexistent/kubestick-tests");
     cmd
 }
 

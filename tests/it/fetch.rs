@@ -15,9 +15,7 @@ fn body(n: usize) -> Vec<u8> {
 
 /// A lock with one release and the given artifacts: (name, url, digest or None for unpinned).
 fn write_lock(s: &Scratch, artifacts: &[(&str, String, Option<String>)]) -> PathBuf {
-    let mut text = String::from(
-        "# test lock\nformat = 2\n\n[kubernetes.\"1.36.4\"]\n",
-    );
+    let mut text = String::from("# test lock\nformat = 2\n\n[kubernetes.\"1.36.4\"]\n");
     for (name, url, digest) in artifacts {
         text.push_str(&format!(
             "\n[[artifact]]\nname = \"{name}\"\nversion = \"1\"\nkind = \"binary\"\ninstall = \"/usr/local/bin/{name}\"\nurl = \"{url}\"\n"

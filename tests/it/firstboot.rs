@@ -797,12 +797,17 @@ fn images_are_imported_pinned_under_both_names_once() {
         .collect();
     assert_eq!(
         imports,
-        ["ctr --address /run/containerd/containerd.sock --namespace k8s.io images import --platform linux/amd64 --label io.cri-containerd.pinned=pinned -"],
+        [
+            "ctr --address /run/containerd/containerd.sock --namespace k8s.io images import --platform linux/amd64 --label io.cri-containerd.pinned=pinned -"
+        ],
     );
     // The whole layout went in as one tar stream.
     let listing = run_tool("tar", &["-tf", m.path("imported.tar").to_str().unwrap()]);
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.contains("./oci-layout") && listing.contains("./index.json"), "{listing}");
+    assert!(
+        listing.contains("./oci-layout") && listing.contains("./index.json"),
+        "{listing}"
+    );
     let done = fs::read_to_string(m.path("state/images.done")).unwrap();
     assert!(done.contains("imported 2 images"), "{done}");
     assert!(text.contains("importing 2 images"), "{text}");
@@ -845,7 +850,11 @@ fn a_stick_without_images_has_nothing_to_import() {
     let out = run_images(&m, &[]);
     assert!(out.status.success(), "{}", log(&out));
     assert!(!m.calls().contains("ctr "), "{}", m.calls());
-    assert!(fs::read_to_string(m.path("state/images.done")).unwrap().contains("no container images"));
+    assert!(
+        fs::read_to_string(m.path("state/images.done"))
+            .unwrap()
+            .contains("no container images")
+    );
 }
 
 #[test]

@@ -8,6 +8,8 @@ mod fetch;
 mod firstboot;
 mod flash;
 mod http_server;
+mod images;
+mod registry;
 mod render;
 mod secrets;
 mod snapshots;

@@ -546,6 +546,11 @@ impl Registry {
         lock(&self.shared.faults).remove(digest);
     }
 
+    /// `http://127.0.0.1:PORT` followed by `path` (which should start with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
@@ -1161,18 +1166,19 @@ impl<'a> Reply<'a> {
         self.json(status, &body.to_string(), headers)
     }
 
-    /// Exactly `total` bytes of `{"padding":"aaaa…"}` (a cut `{"padding":"` if `total` is too
-    /// small for that), streamed without holding them; ends quietly when the client hangs up
-    /// or the server stops.
+    /// Exactly `total` bytes of `{"padding":"aaaa…"}` (the first `total` bytes of
+    /// `{"padding":""}` if `total` is below its 14), streamed without holding them; ends
+    /// quietly when the client hangs up or the server stops.
     fn padding(&mut self, total: u64) -> io::Result<()> {
         const OPEN: &[u8] = br#"{"padding":""#;
         const CLOSE: &[u8] = br#""}"#;
+        const EMPTY: &[u8] = br#"{"padding":""}"#;
         if self.head_only {
             return Ok(());
         }
-        let frame = (OPEN.len() + CLOSE.len()) as u64;
+        let frame = EMPTY.len() as u64;
         if total < frame {
-            return self.body(&OPEN[..total as usize]);
+            return self.body(&EMPTY[..total as usize]);
         }
         self.stream.write_all(OPEN)?;
         let filler = vec![b'a'; CHUNK];
@@ -1846,8 +1852,15 @@ mod tests {
         assert_eq!((r.body.len(), &r.end), (300_000, &End::Eof));
         let padding = r.json()["padding"].as_str().unwrap().to_string();
         assert!(padding.len() == 300_000 - 14 && padding.bytes().all(|b| b == b'a'));
-        reg.fault(image.digest(), Fault::Huge { bytes: 5 });
-        assert_eq!(get(&reg, &manifest("pause", "3.10"), None).body, br#"{"pad"#);
+        for (bytes, body) in [
+            (0, ""),
+            (5, r#"{"pad"#),
+            (13, "{\"padding\":\"\""),
+            (14, r#"{"padding":""}"#),
+        ] {
+            reg.fault(image.digest(), Fault::Huge { bytes });
+            assert_eq!(get(&reg, &manifest("pause", "3.10"), None).body, body.as_bytes());
+        }
     }
 
     #[test]

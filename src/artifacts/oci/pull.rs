@@ -20,21 +20,37 @@ use crate::artifacts::lock::Image;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error("{url}: the registry has no manifest {digest} for {image} (404); the pin is wrong or the image was deleted upstream")]
+    #[error(
+        "{url}: the registry has no manifest {digest} for {image} (404); the pin is wrong or the image was deleted upstream"
+    )]
     ManifestUnknown { url: String, image: String, digest: String },
     #[error("{url}: the registry has no tag {image} (404)")]
     TagUnknown { url: String, image: String },
     #[error("{url}: the registry answered {status} for the manifest of {image}")]
-    Http { url: String, image: String, status: StatusCode },
+    Http {
+        url: String,
+        image: String,
+        status: StatusCode,
+    },
     #[error(
         "{image}: the index {digest} lists no linux/amd64 image (it has: {platforms}); \
          kubestick's nodes are linux/amd64"
     )]
-    NoAmd64 { image: String, digest: String, platforms: String },
+    NoAmd64 {
+        image: String,
+        digest: String,
+        platforms: String,
+    },
     #[error("{image}: {digest} is not an image manifest or index ({why})")]
     NotAnImage { image: String, digest: String, why: String },
     #[error("the mirror {mirror} has no {what} {digest} of {image} (looked for {path})")]
-    MirrorMissing { mirror: String, what: &'static str, image: String, digest: String, path: PathBuf },
+    MirrorMissing {
+        mirror: String,
+        what: &'static str,
+        image: String,
+        digest: String,
+        path: PathBuf,
+    },
     #[error("the mirror {mirror} has no image tagged {image} in its index.json")]
     MirrorMissingTag { mirror: String, image: String },
 }
@@ -150,9 +166,8 @@ impl<'f, 'c> Puller<'f, 'c> {
             digest: top.to_string(),
             why: e.to_string(),
         })?;
-        let total: u64 = pulled.size()
-            + manifest.config().size()
-            + manifest.layers().iter().map(Descriptor::size).sum::<u64>();
+        let total: u64 =
+            pulled.size() + manifest.config().size() + manifest.layers().iter().map(Descriptor::size).sum::<u64>();
         bar.set_length(total);
         bar.set_position(pulled.size());
         for descriptor in std::iter::once(manifest.config()).chain(manifest.layers()) {
@@ -166,7 +181,13 @@ impl<'f, 'c> Puller<'f, 'c> {
 
     /// A manifest or index by digest, from the cache or fetched (at most [`MAX_MANIFEST`]
     /// bytes, verified). Returns its bytes and media type.
-    fn manifest(&self, reference: &ImageRef, digest: &Digest, pulled: &mut Pulled, bar: &ProgressBar) -> Result<(Vec<u8>, String)> {
+    fn manifest(
+        &self,
+        reference: &ImageRef,
+        digest: &Digest,
+        pulled: &mut Pulled,
+        bar: &ProgressBar,
+    ) -> Result<(Vec<u8>, String)> {
         let cache = self.fetcher.cache();
         let path = match self.fetcher.cached(digest)? {
             Some(f) => f.path,
@@ -200,23 +221,48 @@ impl<'f, 'c> Puller<'f, 'c> {
 
     /// GETs a manifest by digest or tag from the registry; with `expected`, the bytes must
     /// hash to it.
-    fn fetch_manifest(&self, reference: &ImageRef, at: &str, expected: Option<&Digest>, bar: &ProgressBar) -> Result<Vec<u8>> {
+    fn fetch_manifest(
+        &self,
+        reference: &ImageRef,
+        at: &str,
+        expected: Option<&Digest>,
+        bar: &ProgressBar,
+    ) -> Result<Vec<u8>> {
         let url = self.registry.manifest_url(reference, at);
         let accept = MANIFEST_TYPES.join(", ");
         let bytes = self.fetcher.retrying(&reference.to_string(), &url, bar, || {
             let response = self.registry.get(reference, &url, Some(&accept), 0)?;
             let status = response.status();
-            if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            if status == StatusCode::REQUEST_TIMEOUT
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || status.is_server_error()
+            {
                 return Err(Attempt::Retry(format!("the registry answered {status}")));
             }
             if status == StatusCode::NOT_FOUND {
                 return Err(Attempt::Fatal(match expected {
-                    Some(d) => PullError::ManifestUnknown { url: url.clone(), image: reference.to_string(), digest: d.to_string() }.into(),
-                    None => PullError::TagUnknown { url: url.clone(), image: reference.to_string() }.into(),
+                    Some(d) => PullError::ManifestUnknown {
+                        url: url.clone(),
+                        image: reference.to_string(),
+                        digest: d.to_string(),
+                    }
+                    .into(),
+                    None => PullError::TagUnknown {
+                        url: url.clone(),
+                        image: reference.to_string(),
+                    }
+                    .into(),
                 }));
             }
             if !status.is_success() {
-                return Err(Attempt::Fatal(PullError::Http { url: url.clone(), image: reference.to_string(), status }.into()));
+                return Err(Attempt::Fatal(
+                    PullError::Http {
+                        url: url.clone(),
+                        image: reference.to_string(),
+                        status,
+                    }
+                    .into(),
+                ));
             }
             let announced = response.content_length();
             match read_limited(response, MAX_MANIFEST) {
@@ -227,7 +273,11 @@ impl<'f, 'c> Puller<'f, 'c> {
                 ))),
                 Ok(Some(body)) => Ok(body),
                 Ok(None) => Err(Attempt::Fatal(
-                    super::registry::RegistryError::ManifestTooLarge { url: url.clone(), image: reference.to_string() }.into(),
+                    super::registry::RegistryError::ManifestTooLarge {
+                        url: url.clone(),
+                        image: reference.to_string(),
+                    }
+                    .into(),
                 )),
                 Err(e) => Err(Attempt::Retry(format!("the connection failed mid-manifest: {e}"))),
             }
@@ -247,6 +297,17 @@ impl<'f, 'c> Puller<'f, 'c> {
         Ok(bytes)
     }
 
+    /// The digest the source serves for `image`'s tag now (for `kubestick lock refresh`);
+    /// nothing is stored.
+    pub fn resolve(&self, image: &Image) -> Result<Digest> {
+        let reference = ImageRef::parse(&image.reference).map_err(|e| anyhow::anyhow!("{}: {e}", image.reference))?;
+        if let Some(dir) = self.mirror_dir() {
+            return tagged_in_layout(dir, &reference);
+        }
+        let bytes = self.fetch_manifest(&reference, &reference.tag, None, &ProgressBar::hidden())?;
+        Ok(digest::of_reader(Algorithm::Sha256, &bytes[..])?.0)
+    }
+
     /// Resolves an unpinned image's tag to the digest of what the source serves for it now,
     /// keeping those bytes (they are that digest's content).
     fn resolve_tag(&self, reference: &ImageRef, bar: &ProgressBar) -> Result<Digest> {
@@ -263,16 +324,28 @@ impl<'f, 'c> Puller<'f, 'c> {
         Ok(d)
     }
 
-    fn blob(&self, reference: &ImageRef, descriptor: &Descriptor, pulled: &mut Pulled, bar: &ProgressBar) -> Result<()> {
+    fn blob(
+        &self,
+        reference: &ImageRef,
+        descriptor: &Descriptor,
+        pulled: &mut Pulled,
+        bar: &ProgressBar,
+    ) -> Result<()> {
         let digest = oci_digest(descriptor.digest())?;
         let size = descriptor.size();
         let name = format!("{} {}", reference, &digest.hex[..12]);
-        let target = Target { name: &name, size: Some(size) };
+        let target = Target {
+            name: &name,
+            size: Some(size),
+        };
         let url = self.registry.blob_url(reference, &digest.to_string());
         let send = |offset: u64| self.registry.get(reference, &url, None, offset);
         let source = match self.mirror_dir() {
             Some(dir) => Source::File(dir.join("blobs").join(digest.algorithm.as_str()).join(&digest.hex)),
-            None => Source::Http { url: url.clone(), send: &send },
+            None => Source::Http {
+                url: url.clone(),
+                send: &send,
+            },
         };
         let bar_before = bar.position();
         let fetched = self
@@ -327,7 +400,10 @@ fn read_mirror(dir: &Path, reference: &ImageRef, digest: &Digest, what: &'static
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_MANIFEST + 1), &mut bytes)?;
     if bytes.len() as u64 > MAX_MANIFEST {
-        anyhow::bail!("{}: the manifest of {reference} is larger than {MAX_MANIFEST} bytes", path.display());
+        anyhow::bail!(
+            "{}: the manifest of {reference} is larger than {MAX_MANIFEST} bytes",
+            path.display()
+        );
     }
     let (actual, _) = digest::of_reader(digest.algorithm, &bytes[..])?;
     if &actual != digest {
@@ -352,7 +428,10 @@ fn tagged_in_layout(dir: &Path, reference: &ImageRef) -> Result<Digest> {
         m.annotations().as_ref().is_some_and(|a| {
             ["io.containerd.image.name", "org.opencontainers.image.ref.name"]
                 .iter()
-                .any(|k| a.get(*k).is_some_and(|v| ImageRef::parse(v).is_ok_and(|r| r == *reference) || *v == wanted))
+                .any(|k| {
+                    a.get(*k)
+                        .is_some_and(|v| ImageRef::parse(v).is_ok_and(|r| r == *reference) || *v == wanted)
+                })
         })
     });
     match found {
@@ -415,7 +494,11 @@ fn platforms(index: &ImageIndex) -> String {
             None => "unknown".into(),
         })
         .collect();
-    if list.is_empty() { "none".into() } else { list.join(", ") }
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -429,7 +512,9 @@ mod tests {
             Some("application/vnd.docker.distribution.manifest.v2+json")
         );
         assert!(is_index(&media_type(br#"{"schemaVersion":2,"manifests":[]}"#).unwrap()));
-        assert!(!is_index(&media_type(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).unwrap()));
+        assert!(!is_index(
+            &media_type(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).unwrap()
+        ));
         assert_eq!(media_type(br#"{"schemaVersion":2}"#), None);
         assert_eq!(media_type(b"not json"), None);
     }

@@ -21,16 +21,18 @@ impl ImageRef {
         if s.contains('@') {
             return Err("the reference must not carry a digest; give it in `digest`".into());
         }
-        let (first, rest) = s
-            .split_once('/')
-            .ok_or("the reference names no registry")?;
+        let (first, rest) = s.split_once('/').ok_or("the reference names no registry")?;
         if !(first.contains('.') || first.contains(':') || first == "localhost") {
-            return Err(format!("`{first}` is not a registry host; the reference must start with one"));
+            return Err(format!(
+                "`{first}` is not a registry host; the reference must start with one"
+            ));
         }
         if !rest.rsplit('/').next().unwrap_or("").contains(':') {
             return Err("the reference has no tag".into());
         }
-        let parsed: Reference = s.parse().map_err(|e: oci_spec::distribution::ParseError| e.to_string())?;
+        let parsed: Reference = s
+            .parse()
+            .map_err(|e: oci_spec::distribution::ParseError| e.to_string())?;
         Ok(ImageRef {
             registry: parsed.registry().to_string(),
             repository: parsed.repository().to_string(),
@@ -80,7 +82,10 @@ mod tests {
     #[test]
     fn parses_full_references_only() {
         let r = ImageRef::parse("registry.k8s.io/coredns/coredns:v1.14.2").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_str()), ("registry.k8s.io", "coredns/coredns", "v1.14.2"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("registry.k8s.io", "coredns/coredns", "v1.14.2")
+        );
         assert_eq!(r.api_host(), "registry.k8s.io");
         assert_eq!(r.scheme(), "https");
         let hub = ImageRef::parse("docker.io/traefik:v3.7.14").unwrap();

@@ -41,7 +41,11 @@ pub enum RegistryError {
     #[error("{url}: the registry refused the token it issued for {image} (401 twice)")]
     TokenRefused { url: String, image: String },
     #[error("{url}: the token service answered {status} for {image}")]
-    TokenDenied { url: String, image: String, status: StatusCode },
+    TokenDenied {
+        url: String,
+        image: String,
+        status: StatusCode,
+    },
     #[error("{url}: the token service sent no token: {why}")]
     BadToken { url: String, why: String },
     #[error("{url}: more than {MAX_HOPS} redirects")]
@@ -73,7 +77,10 @@ impl Registry {
 
     fn url(&self, image: &ImageRef, kind: &str, reference: &str) -> String {
         match &self.mirror {
-            Some(base) => format!("{base}/v2/{}/{kind}/{reference}?ns={}", image.repository, image.registry),
+            Some(base) => format!(
+                "{base}/v2/{}/{kind}/{reference}?ns={}",
+                image.repository, image.registry
+            ),
             None => format!(
                 "{}://{}/v2/{}/{kind}/{reference}",
                 image.scheme(),
@@ -93,7 +100,13 @@ impl Registry {
 
     /// GET `url` from byte `offset` on, answering token challenges and following
     /// redirects. Statuses other than 401 and redirects are the caller's to judge.
-    pub(crate) fn get(&self, image: &ImageRef, url: &str, accept: Option<&str>, offset: u64) -> Result<Response, Attempt> {
+    pub(crate) fn get(
+        &self,
+        image: &ImageRef,
+        url: &str,
+        accept: Option<&str>,
+        offset: u64,
+    ) -> Result<Response, Attempt> {
         let mut url = url.to_string();
         let mut fresh_token_for: Option<String> = None;
         for _ in 0..MAX_HOPS {
@@ -210,15 +223,19 @@ impl Registry {
                 .into(),
             )
         })?;
-        parsed.token.or(parsed.access_token).filter(|t| !t.is_empty()).ok_or_else(|| {
-            Attempt::Fatal(
-                RegistryError::BadToken {
-                    url: challenge.realm.clone(),
-                    why: "neither `token` nor `access_token` is set".into(),
-                }
-                .into(),
-            )
-        })
+        parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Attempt::Fatal(
+                    RegistryError::BadToken {
+                        url: challenge.realm.clone(),
+                        why: "neither `token` nor `access_token` is set".into(),
+                    }
+                    .into(),
+                )
+            })
     }
 }
 
@@ -272,7 +289,10 @@ fn bearer_challenge(value: &str) -> Option<Challenge> {
 fn host_of(url: &str) -> String {
     reqwest::Url::parse(url)
         .ok()
-        .and_then(|u| u.host_str().map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0))))
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+        })
         .unwrap_or_default()
 }
 

@@ -100,6 +100,7 @@ fn every_addon_manifest_passes_the_strict_schemas() {
                 "cluster-issuer.yaml",
                 "flannel.yaml",
                 "rook-cluster.yaml",
+                "rook-csi-images.yaml",
                 "storageclass.yaml",
                 "traefik.yaml"
             ],
@@ -108,8 +109,8 @@ fn every_addon_manifest_passes_the_strict_schemas() {
         let (ok, report) = validate(&files);
         assert!(ok, "{example}:\n{report}");
         let checked = report.lines().filter(|l| l.starts_with("ok ")).count();
-        // flannel 6, CephCluster + pool 2, StorageClass 1, traefik 6 objects.
-        assert_eq!(checked, 15, "{example}:\n{report}");
+        // flannel 6, CephCluster + pool 2, CSI image set 1, StorageClass 1, traefik 6 objects.
+        assert_eq!(checked, 16, "{example}:\n{report}");
         assert!(report.contains("CephCluster rook-ceph (CRD schema)"), "{report}");
         assert!(report.contains("CephBlockPool replicapool (CRD schema)"), "{report}");
         assert_eq!(report.lines().filter(|l| l.starts_with("SKIP")).count(), 1, "{report}");
@@ -142,7 +143,20 @@ fn the_manifests_say_what_the_cluster_file_says() {
         let cluster: toml::Value = toml::from_str(&crate::common::example(example)).unwrap();
         let addons = out.join(ADDONS);
         let lock: toml::Value = toml::from_str(&fs::read_to_string(repo().join("artifacts.lock")).unwrap()).unwrap();
-        let images = &lock["images"];
+        // Every image a rendered manifest names is the lock's, by tag and digest.
+        let pinned = |name: &str| -> String {
+            let entry = lock["image"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["name"].as_str() == Some(name) && i.get("kubernetes").is_none())
+                .unwrap_or_else(|| panic!("the lock has no image {name}"));
+            let reference = entry["reference"].as_str().unwrap();
+            match entry.get("digest") {
+                Some(d) => format!("{reference}@{}", d.as_str().unwrap()),
+                None => reference.to_string(),
+            }
+        };
 
         // ceph: exactly the configured by-id disk on each node that has one, nothing else.
         let rook = docs(&addons.join("rook-cluster.yaml"));
@@ -175,10 +189,7 @@ fn the_manifests_say_what_the_cluster_file_says() {
             .collect();
         assert_eq!(rendered, wanted, "{example}");
         assert_eq!(ceph["spec"]["mon"]["count"], Value::from(3));
-        assert_eq!(
-            str_of(&ceph["spec"]["cephVersion"]["image"]),
-            images["ceph"].as_str().unwrap()
-        );
+        assert_eq!(str_of(&ceph["spec"]["cephVersion"]["image"]), pinned("ceph"));
         let pool = &kind(&rook, "CephBlockPool")["spec"];
         assert_eq!(str_of(&pool["failureDomain"]), "host");
         assert_eq!(
@@ -194,6 +205,21 @@ fn the_manifests_say_what_the_cluster_file_says() {
         );
         assert_eq!(str_of(&sc["parameters"]["pool"]), "replicapool");
 
+        // rook's CSI drivers run exactly the lock's images, not rook's defaults.
+        let csi = docs(&addons.join("rook-csi-images.yaml"));
+        let data = &kind(&csi, "ConfigMap")["data"];
+        for (key, name) in [
+            ("provisioner", "csi-provisioner"),
+            ("attacher", "csi-attacher"),
+            ("resizer", "csi-resizer"),
+            ("snapshotter", "csi-snapshotter"),
+            ("registrar", "csi-node-driver-registrar"),
+            ("plugin", "cephcsi"),
+            ("addons", "csi-addons-sidecar"),
+        ] {
+            assert_eq!(str_of(&data[key]), pinned(name), "{example} {key}");
+        }
+
         // flannel: the cluster's pod network, vxlan, on the LAN port.
         let flannel = docs(&addons.join("flannel.yaml"));
         let net: serde_json::Value =
@@ -208,10 +234,7 @@ fn the_manifests_say_what_the_cluster_file_says() {
             .map(str_of)
             .collect();
         assert!(args.contains(&"--iface=lan0"), "{args:?}");
-        assert_eq!(
-            str_of(&ds["containers"][0]["image"]),
-            images["flannel"].as_str().unwrap()
-        );
+        assert_eq!(str_of(&ds["containers"][0]["image"]), pinned("flannel"));
 
         // traefik: on every node's ports 80 and 443, which keepalived's ingress check probes.
         let traefik = docs(&addons.join("traefik.yaml"));
@@ -224,7 +247,7 @@ fn the_manifests_say_what_the_cluster_file_says() {
             .filter_map(|p| p["hostPort"].as_i64())
             .collect();
         assert_eq!(host_ports, [80, 443]);
-        assert_eq!(str_of(&c["image"]), images["traefik"].as_str().unwrap());
+        assert_eq!(str_of(&c["image"]), pinned("traefik"));
         let vip = cluster["network"]["ingress_vip"].as_str().unwrap();
         assert!(
             c["args"]

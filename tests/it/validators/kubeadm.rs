@@ -62,6 +62,15 @@ struct NodeRegistration {
     cri_socket: String,
     taints: Option<Vec<Value>>,
     kubelet_extra_args: Vec<Arg>,
+    image_pull_policy: PullPolicy,
+}
+
+/// corev1.PullPolicy, as kubeadm's NodeRegistrationOptions.imagePullPolicy takes it.
+#[derive(Deserialize, Debug, PartialEq)]
+enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
 }
 
 #[derive(Deserialize)]
