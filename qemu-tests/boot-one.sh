@@ -3,10 +3,11 @@
 # multi-user.target, cloud-init finishes, and the node reports its hostname, its static
 # address, the by-id name of its virtual SATA disk, and a root filesystem grown to fill a
 # boot disk larger than the image, on the serial console.
-# Then the first-boot steps: alone, the init node runs prepare, storage, bootstrap (kubeadm
-# init, with the config kubestick rendered for it) and addons, in that order, and says so on
-# the console. After a shutdown and a second boot of the same stick, none of them runs
-# again. (The Kubernetes binaries are the recording doubles of qemu-tests/make-mirror.py.)
+# Then the first-boot steps: alone, the init node runs prepare, images (the container
+# images it carries, into containerd), storage, bootstrap (kubeadm init, with the config
+# kubestick rendered for it) and addons, in that order, and says so on the console. After a
+# shutdown and a second boot of the same stick, none of them runs again. (The Kubernetes
+# binaries are the recording doubles of qemu-tests/make-mirror.py.)
 set -euo pipefail
 # shellcheck source=qemu-tests/lib.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
@@ -42,9 +43,10 @@ root_mib=$(sed -E 's/.* root=([0-9]+)MiB.*/\1/' <<<"$report")
 log "PASS boot-one: hostname, address and by-id disk as cluster.toml says ($ACCEL, $((SECONDS - start))s)"
 
 # --- first-boot steps ---------------------------------------------------------------------
-for step in prepare storage bootstrap addons; do
+for step in prepare images storage bootstrap addons; do
   line=$(wait_for_line "$serial" "kubestick: $step +done" "$timeout") ||
-    fail "the $step step did not finish within ${timeout}s" "$serial"
+    fail "the $step step did not finish within ${timeout}s; its last words on the console:
+$(tr -d '\r' <"$serial" | grep "kubestick-$step:" | tail -n 10)" "$serial"
   log "after $((SECONDS - start))s: $line"
 done
 # A clean shutdown (the ACPI button), not a power cut: what the steps wrote is on the disk

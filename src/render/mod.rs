@@ -44,8 +44,29 @@ impl NodeFile {
 pub struct Unit {
     pub name: String,
     pub content: String,
-    /// Whether it is enabled (has an [Install] section); timers' services are not.
-    pub enabled: bool,
+    /// The targets its `[Install]` section names in `WantedBy=`: the image enables it
+    /// there, as `systemctl enable` would. Empty for units another unit starts (a timer's
+    /// service).
+    pub wanted_by: Vec<String>,
+}
+
+impl Unit {
+    fn new(name: String, content: String) -> Unit {
+        let mut in_install = false;
+        let mut wanted_by = Vec::new();
+        for line in content.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_install = line == "[Install]";
+            } else if let Some(targets) = line.strip_prefix("WantedBy=").filter(|_| in_install) {
+                wanted_by.extend(targets.split_whitespace().map(String::from));
+            }
+        }
+        Unit {
+            name,
+            content,
+            wanted_by,
+        }
+    }
 }
 
 /// Everything rendered for one node.
@@ -237,12 +258,7 @@ impl Renderer {
         .iter()
         .map(|t| {
             let name = t.rsplit('/').next().unwrap_or(t).to_string();
-            let content = self.template(t, &base)?;
-            Ok(Unit {
-                name,
-                enabled: content.contains("[Install]"),
-                content,
-            })
+            Ok(Unit::new(name, self.template(t, &base)?))
         })
         .collect::<Result<Vec<_>>>()?;
         let nodes = cluster
@@ -431,4 +447,23 @@ fn tera_error(e: tera::Error) -> anyhow::Error {
         source = s.source();
     }
     anyhow!(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unit;
+
+    #[test]
+    fn a_unit_is_wanted_by_the_targets_of_its_install_section_only() {
+        let unit = Unit::new(
+            "x.service".into(),
+            "[Unit]\nWantedBy=not-this.target\n[Service]\nExecStart=/bin/true\n\n[Install]\n  WantedBy=multi-user.target cloud-init.target\nWantedBy=timers.target\n".into(),
+        );
+        assert_eq!(
+            unit.wanted_by,
+            ["multi-user.target", "cloud-init.target", "timers.target"]
+        );
+        let started_by_a_timer = Unit::new("y.service".into(), "[Service]\nExecStart=/bin/true\n".into());
+        assert!(started_by_a_timer.wanted_by.is_empty());
+    }
 }

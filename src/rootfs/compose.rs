@@ -213,6 +213,14 @@ pub fn rendered_layer(rendered: &Rendered) -> Layer {
                 mode: 0o644,
             },
         );
+        for target in &unit.wanted_by {
+            layer.insert(
+                key(&format!("{UNIT_DIR}/{target}.wants/{}", unit.name)),
+                Item::Symlink {
+                    target: format!("../{}", unit.name),
+                },
+            );
+        }
     }
     layer
 }

@@ -201,10 +201,19 @@ fn the_root_filesystem_carries_kubernetes_containerd_and_the_first_boot_units() 
         "multi-user.target.wants/containerd.service",
         "multi-user.target.wants/kubelet.service",
         "multi-user.target.wants/kubestick-prepare.service",
+        "multi-user.target.wants/kubestick-images.service",
         "cloud-init.target.wants/kubestick-report.service",
+        "cloud-init.target.wants/kubestick-storage.service",
+        "cloud-init.target.wants/kubestick-bootstrap.service",
+        "cloud-init.target.wants/kubestick-addons.service",
+        "timers.target.wants/kubestick-status.timer",
     ] {
         let st = stat(&format!("/etc/systemd/system/{link}"));
-        assert!(st.contains("Type: symlink"), "{link} is not enabled:\n{st}");
+        let unit = link.rsplit('/').next().unwrap();
+        assert!(
+            st.contains("Type: symlink") && st.contains(&format!("\"../{unit}\"")),
+            "{link} is not enabled:\n{st}"
+        );
     }
     // Base packages are there too, with their owners.
     assert!(stat("/usr/bin/cloud-init").contains("Type: regular"));
@@ -429,4 +438,122 @@ fn ctrl_c_leaves_no_image_at_its_final_path() {
         .assert()
         .success();
     assert!(out.join("optiplex-1.img").exists());
+}
+
+/// The OCI image layout a node image carries, copied out with debugfs.
+fn carried_layout(image: &Path, to: &Path) -> (serde_json::Value, Vec<String>) {
+    let root = format!("{}?offset={}", image.display(), partitions(image)[2].start);
+    fs::create_dir_all(to).unwrap();
+    assert_tool_ok(
+        "debugfs",
+        &[
+            "-R",
+            &format!("rdump /usr/local/share/kubestick/images {}", to.display()),
+            &root,
+        ],
+    );
+    let names = run_tool("debugfs", &["-R", "cat /usr/local/share/kubestick/images.list", &root]);
+    let names = String::from_utf8_lossy(&names.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let layout = to.join("images");
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        fs::read_to_string(layout.join("oci-layout")).unwrap().trim(),
+        r#"{"imageLayoutVersion":"1.0.0"}"#
+    );
+    // A complete layout: every blob is named by its own sha256, and every descriptor
+    // reachable from index.json (manifests, configs, layers) is there.
+    let blobs = layout.join("blobs/sha256");
+    for entry in fs::read_dir(&blobs).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(sha256(&fs::read(entry.path()).unwrap()), format!("sha256:{name}"));
+    }
+    let read = |digest: &str| -> serde_json::Value {
+        let path = blobs.join(digest.trim_start_matches("sha256:"));
+        serde_json::from_slice(&fs::read(&path).unwrap_or_else(|_| panic!("{digest} is not in the layout"))).unwrap()
+    };
+    for top in index["manifests"].as_array().unwrap() {
+        let m = read(top["digest"].as_str().unwrap());
+        for d in std::iter::once(&m["config"]).chain(m["layers"].as_array().unwrap()) {
+            assert!(
+                blobs
+                    .join(d["digest"].as_str().unwrap().trim_start_matches("sha256:"))
+                    .exists()
+            );
+        }
+    }
+    (index, names)
+}
+
+/// `name` for every image of the doubles' lock that `keep` selects: tag and digest names.
+fn lock_names(keep: impl Fn(&toml::Value) -> bool) -> Vec<String> {
+    let lock: toml::Value = toml::from_str(&fs::read_to_string(doubles().join("artifacts.lock")).unwrap()).unwrap();
+    let mut images: Vec<(String, String)> = lock["image"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i.get("kubernetes").is_none_or(|k| k.as_str() == Some("1.36.4")))
+        .filter(|i| keep(i))
+        .map(|i| {
+            let reference = i["reference"].as_str().unwrap().to_string();
+            (reference, i["digest"].as_str().unwrap().to_string())
+        })
+        .collect();
+    // Ordered as kubestick orders them: by registry/repository, then tag.
+    images.sort_by(|(a, _), (b, _)| a.rsplit_once(':').cmp(&b.rsplit_once(':')));
+    images
+        .into_iter()
+        .flat_map(|(r, d)| {
+            let name = r.rsplit_once(':').unwrap().0.to_string();
+            [r, format!("{name}@{d}")]
+        })
+        .collect()
+}
+
+#[test]
+fn every_node_carries_its_images_as_an_oci_layout_with_the_registrys_digests() {
+    let (s, out) = built();
+    let (index, names) = carried_layout(&out.join("optiplex-1.img"), &s.path("layout-1"));
+    // Every image the rehearsal cluster runs, under its tag and its digest name.
+    assert_eq!(names, lock_names(|_| true));
+    let index_names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["annotations"]["io.containerd.image.name"].as_str().unwrap())
+        .collect();
+    assert_eq!(index_names, names.iter().map(String::as_str).collect::<Vec<_>>());
+    // The digest under each name is the lock's pin: the registry's bytes, unchanged.
+    for m in index["manifests"].as_array().unwrap() {
+        let name = m["annotations"]["io.containerd.image.name"].as_str().unwrap();
+        if let Some((_, digest)) = name.split_once('@') {
+            assert_eq!(m["digest"].as_str().unwrap(), digest);
+        }
+    }
+}
+
+#[test]
+fn workers_carry_no_control_plane_images() {
+    let s = Scratch::new();
+    let toml = s.path("cluster.toml");
+    let mut text = fs::read_to_string(repo().join("qemu-tests/cluster.toml")).unwrap();
+    text.push_str(
+        "\n[[nodes]]\nname = \"worker-1\"\nrole = \"worker\"\nip = \"10.77.0.31\"\nmac = \"52:54:00:77:00:31\"\ndisk = \"/dev/disk/by-id/ata-QEMU_HARDDISK_SATA-NODE4\"\n",
+    );
+    fs::write(&toml, text).unwrap();
+    build_cmd(&s, &shared_cache(), &doubles().join("mirror"))
+        .timeout(std::time::Duration::from_secs(1200))
+        .assert()
+        .success();
+    let control_plane_only = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"];
+    let (_, worker) = carried_layout(&s.path("out/worker-1.img"), &s.path("layout-w"));
+    assert_eq!(
+        worker,
+        lock_names(|i| !control_plane_only.contains(&i["name"].as_str().unwrap()))
+    );
+    let (_, cp) = carried_layout(&s.path("out/optiplex-2.img"), &s.path("layout-cp"));
+    assert_eq!(cp, lock_names(|_| true));
+    assert!(cp.iter().any(|n| n.starts_with("registry.k8s.io/kube-apiserver:")));
 }
