@@ -1,11 +1,15 @@
 //! `make bench`: what a node image costs once the base is cached, against
 //! `cp --sparse=always` of the base in the same run (target: at most 1.2x); the cold base
 //! build (mmdebstrap, fresh cache); the image size raw, allocated, and after `zstd -19`
-//! (target: at most 300 MiB with the Kubernetes binaries).
+//! (target: at most 300 MiB with the Kubernetes binaries); the bytes each container image
+//! adds to a node image (raw, allocated in 4 KiB blocks, after `zstd -19`).
 //!
 //! Upstream binaries cannot be downloaded on the development machines, so the images carry
 //! the test doubles from qemu-tests/; the real kubeadm, kubelet, kubectl, containerd, runc,
 //! crictl and CNI plugins add their own compressed size on top (printed as an estimate).
+//! The same holds for the container images: the doubles are one tiny layer each. With
+//! network access (or a mirror of the real images), `BENCH_IMAGES_LOCK=artifacts.lock
+//! [BENCH_IMAGES_MIRROR=DIR-or-URL] make bench` measures the real ones instead.
 
 #[path = "support.rs"]
 mod support;
@@ -193,5 +197,67 @@ fn main() {
         "  zstd -19                                             {:>7.0} MiB in {:.0} s",
         mib(compressed),
         zstd_time.as_secs_f64()
+    );
+    image_costs(work, &cold_cache, &cluster);
+}
+
+/// What each image of `cluster` adds to a control-plane node's image: its blobs (top-level
+/// manifest or index, the amd64 manifest, config, layers) as the OCI layout holds them.
+fn image_costs(work: &Path, cache_dir: &Path, cluster: &kubestick::spec::Cluster) {
+    use kubestick::artifacts::{cache::Cache, download, lock::Lock};
+    let (lock_path, mirror) = match std::env::var_os("BENCH_IMAGES_LOCK") {
+        Some(lock) => (PathBuf::from(lock), std::env::var("BENCH_IMAGES_MIRROR").ok()),
+        None => (
+            work.join("doubles/artifacts.lock"),
+            Some(work.join("doubles/mirror").display().to_string()),
+        ),
+    };
+    let lock = Lock::parse(&lock_path, &std::fs::read_to_string(&lock_path).unwrap()).unwrap();
+    let images: Vec<_> = lock.images_for_cluster(cluster).cloned().collect();
+    let cache = Cache::open(cache_dir).unwrap();
+    let options = download::Options {
+        mirror: mirror.as_deref().map(download::Mirror::parse),
+        allow_unpinned: true,
+        ..Default::default()
+    };
+    let pulled = kubestick::artifacts::pull_all(images, &cache, options, true).unwrap();
+    let block = |n: u64| n.div_ceil(4096) * 4096;
+    let zstd = |blobs: &[PathBuf]| -> u64 {
+        let mut cat = Command::new("sh");
+        cat.arg("-c")
+            .arg("cat \"$@\" | zstd -19 -T0 -q -c | wc -c")
+            .arg("sh")
+            .args(blobs);
+        let out = cat.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    println!(
+        "container images carried by a control-plane node ({}):",
+        lock_path.display()
+    );
+    println!("  {:<28} {:>10} {:>10} {:>10}", "image", "raw", "allocated", "zstd -19");
+    let (mut raw, mut alloc, mut all) = (0, 0, std::collections::BTreeMap::new());
+    for (image, result) in &pulled {
+        let p = result.as_ref().unwrap_or_else(|e| panic!("{}: {e:#}", image.reference));
+        let paths: Vec<PathBuf> = p.blobs.iter().map(|(d, _)| cache.path(d)).collect();
+        let r: u64 = p.blobs.iter().map(|(_, s)| s).sum();
+        let a: u64 = p.blobs.iter().map(|(_, s)| block(*s)).sum();
+        println!("  {:<28} {:>10} {:>10} {:>10}", image.name, r, a, zstd(&paths));
+        for (d, s) in &p.blobs {
+            all.insert(d.to_string(), (cache.path(d), *s));
+        }
+        raw += r;
+        alloc += a;
+    }
+    // Blobs shared between images are stored once.
+    let unique_raw: u64 = all.values().map(|(_, s)| s).sum();
+    let unique_alloc: u64 = all.values().map(|(_, s)| block(*s)).sum();
+    let paths: Vec<PathBuf> = all.into_values().map(|(p, _)| p).collect();
+    println!(
+        "  {:<28} {:>10} {:>10} {:>10}  (each shared blob once; {raw} raw, {alloc} allocated without sharing)",
+        "all, as carried",
+        unique_raw,
+        unique_alloc,
+        zstd(&paths)
     );
 }

@@ -31,7 +31,8 @@ serial=$work/optiplex-1.serial
 timeout=${BOOT_TIMEOUT:-600}
 report=$(wait_for_line "$serial" 'kubestick: node=' "$timeout") || fail "no kubestick report within ${timeout}s" "$serial"
 log "report after $((SECONDS - start))s: $report"
-grep -q 'Reached target.*[Mm]ulti-[Uu]ser' <(tr -d '\r' <"$serial") || fail "multi-user.target was not reached" "$serial"
+# The report comes from cloud-init.target, which can be reached before multi-user.target.
+wait_for_line "$serial" 'Reached target.*[Mm]ulti-[Uu]ser' "$timeout" >/dev/null || fail "multi-user.target was not reached" "$serial"
 wait_for_line "$serial" 'Cloud-init v\. .* finished' "$timeout" >/dev/null || fail "cloud-init did not finish" "$serial"
 
 [[ $report == *"node=optiplex-1 "* ]] || fail "hostname is not optiplex-1: $report" "$serial"
@@ -70,11 +71,20 @@ applies=$(grep ' kubectl apply ' <<<"$doubles" | grep -o '[^/]*\.yaml$' | tr '\n
   fail "add-ons applied in the wrong order: $applies" "$serial"
 grep ' kubectl apply ' <<<"$doubles" | grep -vq -- '--server-side' && fail "an add-on was not applied server-side" "$serial"
 
+# The images it carries went into containerd's k8s.io namespace, pinned, once, before
+# kubeadm ran, and the step said so on the console.
+imports=$(grep -c ' ctr .*images import ' <<<"$doubles" || true)
+((imports == 1)) || fail "the images were imported $imports times, not once: $(grep ' ctr ' <<<"$doubles")" "$serial"
+i=$(first ' ctr --address /run/containerd/containerd.sock --namespace k8s.io images import --platform linux/amd64 --label io.cri-containerd.pinned=pinned -$')
+[[ -n $i ]] || fail "the import was not into k8s.io, pinned: $(grep ' ctr ' <<<"$doubles")" "$serial"
+((i < k)) || fail "the images were imported after kubeadm init (line $i, kubeadm init $k)" "$serial"
+grep -q 'kubestick-images: importing [0-9]* images' <(tr -d '\r' <"$serial") || fail "the images step said nothing on the console" "$serial"
+
 # kubeadm ran with exactly the configuration kubestick rendered for this node.
 want=$(sha256sum <"$work/out/optiplex-1/files/etc/kubestick/kubeadm-init.yaml" | cut -d' ' -f1)
 grep -q "kubeadm init config /etc/kubestick/kubeadm-init.yaml sha256=$want" <<<"$doubles" ||
   fail "kubeadm init did not get the rendered kubeadm-init.yaml (sha256 $want): $(grep kubeadm <<<"$doubles")" "$serial"
-log "PASS first boot: prepare, storage, bootstrap (kubeadm init with the rendered config), addons in order"
+log "PASS first boot: prepare, images (into k8s.io, pinned, once), storage, bootstrap (kubeadm init with the rendered config), addons in order"
 
 # --- second boot: nothing runs again ------------------------------------------------------
 mv "$serial" "$work/optiplex-1.first.serial"

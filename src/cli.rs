@@ -156,8 +156,8 @@ pub struct SourceArgs {
     /// Pull every image from this registry instead of its own (containerd-style, with ?ns=<registry>)
     #[arg(long, value_name = "URL", conflicts_with = "offline")]
     pub registry_mirror: Option<String>,
-    /// Also download files upstream publishes no digest for (cert-manager's manifest, for clusters
-    /// with [ingress]); their observed digest is recorded, and later runs use those bytes without this flag
+    /// Also download files and images upstream publishes no digest for (`kubestick lock` marks them
+    /// UNPINNED); their observed digest is recorded, and later runs use those bytes without this flag
     #[arg(long)]
     pub allow_unpinned: bool,
     /// Cache directory [default: $XDG_CACHE_HOME/kubestick or ~/.cache/kubestick]
