@@ -7,6 +7,8 @@
 mod support;
 use support::median;
 
+#[path = "../tests/it/http_server.rs"]
+mod http_server;
 #[path = "../tests/it/registry.rs"]
 mod registry;
 

@@ -45,9 +45,11 @@ log "PASS boot-one: hostname, address and by-id disk as cluster.toml says ($ACCE
 
 # --- first-boot steps ---------------------------------------------------------------------
 for step in prepare images storage bootstrap addons; do
-  line=$(wait_for_line "$serial" "kubestick: $step +done" "$timeout") ||
-    fail "the $step step did not finish within ${timeout}s; its last words on the console:
-$(tr -d '\r' <"$serial" | grep "kubestick-$step:" | tail -n 10)" "$serial"
+  if ! line=$(wait_for_line "$serial" "kubestick: $step +done" "$timeout"); then
+    powerdown_vm "$work" optiplex-1 60 || stop_vm "$work" optiplex-1
+    fail "the $step step did not finish within ${timeout}s; its journal:
+$(guest_journal "$work" optiplex-1 "kubestick-$step.service")" "$serial"
+  fi
   log "after $((SECONDS - start))s: $line"
 done
 # A clean shutdown (the ACPI button), not a power cut: what the steps wrote is on the disk
@@ -72,13 +74,12 @@ applies=$(grep ' kubectl apply ' <<<"$doubles" | grep -o '[^/]*\.yaml$' | tr '\n
 grep ' kubectl apply ' <<<"$doubles" | grep -vq -- '--server-side' && fail "an add-on was not applied server-side" "$serial"
 
 # The images it carries went into containerd's k8s.io namespace, pinned, once, before
-# kubeadm ran, and the step said so on the console.
+# kubeadm ran.
 imports=$(grep -c ' ctr .*images import ' <<<"$doubles" || true)
 ((imports == 1)) || fail "the images were imported $imports times, not once: $(grep ' ctr ' <<<"$doubles")" "$serial"
 i=$(first ' ctr --address /run/containerd/containerd.sock --namespace k8s.io images import --platform linux/amd64 --label io.cri-containerd.pinned=pinned -$')
 [[ -n $i ]] || fail "the import was not into k8s.io, pinned: $(grep ' ctr ' <<<"$doubles")" "$serial"
 ((i < k)) || fail "the images were imported after kubeadm init (line $i, kubeadm init $k)" "$serial"
-grep -q 'kubestick-images: importing [0-9]* images' <(tr -d '\r' <"$serial") || fail "the images step said nothing on the console" "$serial"
 
 # kubeadm ran with exactly the configuration kubestick rendered for this node.
 want=$(sha256sum <"$work/out/optiplex-1/files/etc/kubestick/kubeadm-init.yaml" | cut -d' ' -f1)

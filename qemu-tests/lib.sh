@@ -141,6 +141,26 @@ guest_cat() {
   rm -f "$raw"
 }
 
+# guest_journal WORKDIR NAME UNIT: prints the last lines a stopped VM's journal holds for
+# UNIT (journald keeps it in /var/log/journal on the boot disk), read offline: what a
+# person would read with `journalctl -u UNIT` on the machine.
+guest_journal() {
+  local work=$1 name=$2 unit=$3 raw start dir
+  raw=$work/$name.journal.raw
+  dir=$work/$name.journal
+  qemu-img convert -O raw "$work/$name.qcow2" "$raw"
+  start=$(sfdisk --json "$raw" | python3 -c 'import json,sys; t=json.load(sys.stdin)["partitiontable"]; print(t["partitions"][-1]["start"] * t.get("sectorsize", 512))')
+  e2fsck -y -E journal_only "$raw?offset=$start" >/dev/null 2>&1 || true
+  rm -rf "$dir" && mkdir -p "$dir"
+  debugfs -R "rdump /var/log/journal $dir" "$raw?offset=$start" >/dev/null 2>&1 || true
+  rm -f "$raw"
+  if [[ -d $dir/journal ]]; then
+    journalctl --directory "$dir/journal" --no-pager --unit "$unit" --lines 40 2>&1 || true
+  else
+    echo "(no persistent journal on $name's disk)"
+  fi
+}
+
 # wait_for_line FILE REGEX TIMEOUT_SECONDS: prints the first matching line.
 wait_for_line() {
   local file=$1 regex=$2 timeout=$3 start=$SECONDS line

@@ -171,36 +171,15 @@ impl Lock {
         let mut seen = BTreeMap::new();
         for (i, a) in lock.artifacts.iter().enumerate() {
             let at = |field: &str| format!("artifact[{i}].{field}");
-            if let Some(k) = &a.kubernetes
-                && !lock.kubernetes.contains_key(k)
-            {
-                report.push(
-                    Diagnostic::error(
-                        at("kubernetes"),
-                        None,
-                        format!(
-                            "`{}` names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table",
-                            a.name
-                        ),
-                    )
-                    .help("add the release table or correct the version"),
-                );
-            }
-            match (&a.digest, &a.unpinned) {
-                (Some(_), Some(_)) => report.push(
-                    Diagnostic::error(
-                        at("unpinned"),
-                        None,
-                        format!("`{}` has a digest and is marked unpinned", a.name),
-                    )
-                    .help("remove `unpinned` now that a published digest exists"),
-                ),
-                (None, None) => report.push(
-                    Diagnostic::error(at("digest"), None, format!("`{}` has no digest", a.name))
-                        .help("add the digest upstream publishes, or `unpinned = \"why\"` if it publishes none"),
-                ),
-                _ => {}
-            }
+            check_pin(
+                &lock,
+                &mut report,
+                &at,
+                &format!("`{}`", a.name),
+                a.kubernetes.as_ref(),
+                &a.digest,
+                &a.unpinned,
+            );
             if !a.install.starts_with('/') || a.install.split('/').any(|c| c == "..") {
                 report.push(
                     Diagnostic::error(
@@ -284,6 +263,43 @@ impl Lock {
     }
 }
 
+/// The rules files and images share: the release they name exists, and they have exactly
+/// one of a digest and a reason for having none.
+fn check_pin(
+    lock: &Lock,
+    report: &mut Report,
+    at: &dyn Fn(&str) -> String,
+    what: &str,
+    kubernetes: Option<&String>,
+    digest: &Option<Digest>,
+    unpinned: &Option<String>,
+) {
+    if let Some(k) = kubernetes
+        && !lock.kubernetes.contains_key(k)
+    {
+        report.push(
+            Diagnostic::error(
+                at("kubernetes"),
+                None,
+                format!("{what} names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table"),
+            )
+            .help("add the release table or correct the version"),
+        );
+    }
+    match (digest, unpinned) {
+        (Some(_), Some(_)) => report.push(
+            Diagnostic::error(at("unpinned"), None, format!("{what} has a digest and is marked unpinned"))
+                .help("remove `unpinned` now that a published digest exists"),
+        ),
+        (None, None) => report.push(
+            Diagnostic::error(at("digest"), None, format!("{what} has no digest")).help(
+                "add the digest upstream publishes (for an image, the registry's), or `unpinned = \"why\"` if none is published",
+            ),
+        ),
+        _ => {}
+    }
+}
+
 fn wanted(needs: Option<Needs>, cluster: &crate::spec::Cluster) -> bool {
     match needs {
         None => true,
@@ -304,43 +320,26 @@ fn check_images(lock: &Lock, report: &mut Report) {
                     .help("write registry/repository:tag, e.g. \"registry.k8s.io/pause:3.10.2\""),
             );
         }
-        if let Some(k) = &image.kubernetes
-            && !lock.kubernetes.contains_key(k)
+        check_pin(
+            lock,
+            report,
+            &at,
+            &format!("image `{}`", image.name),
+            image.kubernetes.as_ref(),
+            &image.digest,
+            &image.unpinned,
+        );
+        if let Some(d) = &image.digest
+            && d.algorithm != super::digest::Algorithm::Sha256
         {
             report.push(
-                Diagnostic::error(
-                    at("kubernetes"),
-                    None,
-                    format!(
-                        "image `{}` names Kubernetes {k}, which has no [kubernetes.\"{k}\"] table",
-                        image.name
-                    ),
-                )
-                .help("add the release table or correct the version"),
-            );
-        }
-        match (&image.digest, &image.unpinned) {
-            (Some(_), Some(_)) => report.push(
-                Diagnostic::error(
-                    at("unpinned"),
-                    None,
-                    format!("image `{}` has a digest and is marked unpinned", image.name),
-                )
-                .help("remove `unpinned` now that a digest is known"),
-            ),
-            (None, None) => report.push(
-                Diagnostic::error(at("digest"), None, format!("image `{}` has no digest", image.name))
-                    .help("add the registry's digest, or `unpinned = \"why\"` if none is known"),
-            ),
-            (Some(d), None) if d.algorithm != super::digest::Algorithm::Sha256 => report.push(
                 Diagnostic::error(
                     at("digest"),
                     None,
                     format!("image `{}`: registries address content by sha256", image.name),
                 )
                 .help("give the sha256 digest the registry reports (Docker-Content-Digest)"),
-            ),
-            _ => {}
+            );
         }
         if let Some(first) = seen.insert((image.name.clone(), image.kubernetes.clone()), i) {
             report.push(

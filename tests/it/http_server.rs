@@ -182,7 +182,7 @@ impl Drop for Server {
 }
 
 /// Locks a mutex, ignoring poisoning: a panicking handler must not hide the log from the test.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -307,7 +307,7 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
 }
 
 /// Reads up to the blank line ending the request head. `Ok(None)` if the connection ended first.
-fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+pub fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -356,7 +356,7 @@ fn parse_head(head: &[u8]) -> Option<Incoming> {
 }
 
 /// The start offset of `bytes=N-`; `None` for every other form.
-fn parse_range(value: &str) -> Option<u64> {
+pub fn parse_range(value: &str) -> Option<u64> {
     let (unit, spec) = value.split_once('=')?;
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return None;
@@ -583,7 +583,7 @@ impl<'a> Reply<'a> {
     }
 }
 
-fn reason(status: u16) -> &'static str {
+pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
@@ -609,47 +609,53 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// A raw HTTP/1.1 client for the servers' own tests: exactly the bytes sent, and the
+/// response as it came, including how the connection ended.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Bytes that differ from their neighbours, so an offset mistake shows.
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i % 251) as u8).collect()
-    }
+pub mod client {
+    use std::io::{self, Read as _, Write as _};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
 
     /// How reading a response ended.
     #[derive(Debug, PartialEq, Eq)]
-    enum End {
+    pub enum End {
         Eof,
         Error(io::ErrorKind),
     }
 
     #[derive(Debug)]
-    struct Response {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-        end: End,
+    pub struct Response {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        pub end: End,
     }
 
     impl Response {
-        fn header(&self, name: &str) -> Option<&str> {
+        pub fn header(&self, name: &str) -> Option<&str> {
             self.headers
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         }
 
-        fn content_length(&self) -> Option<usize> {
+        pub fn content_length<T: std::str::FromStr<Err: std::fmt::Debug>>(&self) -> Option<T> {
             self.header("content-length").map(|v| v.parse().unwrap())
         }
     }
 
-    fn connect(server: &Server, method: &str, path: &str, headers: &[(&str, &str)]) -> TcpStream {
-        let mut stream = TcpStream::connect(server.addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", server.addr);
+    /// Sends one request (with `Host`) and returns the connection, its reads bounded by `timeout`.
+    pub fn send(
+        addr: SocketAddr,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -659,7 +665,7 @@ mod tests {
     }
 
     /// Reads until end of file or an error, and says which.
-    fn read_all(stream: &mut TcpStream, into: &mut Vec<u8>) -> End {
+    pub fn read_all(stream: &mut TcpStream, into: &mut Vec<u8>) -> End {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match stream.read(&mut buf) {
@@ -672,7 +678,7 @@ mod tests {
     }
 
     /// Reads until the blank line after the headers; returns the head and any body bytes read.
-    fn read_until_body(stream: &mut TcpStream) -> (Vec<u8>, Vec<u8>) {
+    pub fn read_until_body(stream: &mut TcpStream) -> (Vec<u8>, Vec<u8>) {
         let mut data = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -686,7 +692,7 @@ mod tests {
         }
     }
 
-    fn parse(data: Vec<u8>, end: End) -> Response {
+    pub fn parse(data: Vec<u8>, end: End) -> Response {
         let pos = data
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -709,6 +715,21 @@ mod tests {
             body: data[pos + 4..].to_vec(),
             end,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client::*;
+    use super::*;
+
+    /// Bytes that differ from their neighbours, so an offset mistake shows.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn connect(server: &Server, method: &str, path: &str, headers: &[(&str, &str)]) -> TcpStream {
+        send(server.addr, method, path, headers, Duration::from_secs(5))
     }
 
     fn request(server: &Server, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {

@@ -46,12 +46,15 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::Digest as _;
+
+// The HTTP plumbing (request heads, ranges, status lines) is the file server's.
+use crate::http_server::{lock, parse_range, read_head, reason};
 
 /// The `service` of the registry's token challenge.
 pub const SERVICE: &str = "kubestick-test-registry";
@@ -588,11 +591,6 @@ impl Drop for Registry {
     }
 }
 
-/// Locks a mutex, ignoring poisoning: a panicking handler must not hide the log from the test.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// What a fault makes the current request do.
 enum Action {
     NotFound,
@@ -837,30 +835,6 @@ fn handle(mut stream: TcpStream, shared: &Shared) {
     // Dropping the stream closes it: the end of every response (`Connection: close`).
 }
 
-/// Reads up to the blank line ending the request head. `Ok(None)` if the connection ended first.
-fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) => return Ok(None),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&buf[..n]);
-        if let Some(pos) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            head.truncate(from + pos);
-            return Ok(Some(head));
-        }
-        if head.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too long"));
-        }
-    }
-}
-
 fn parse_head(head: &[u8]) -> Option<Incoming> {
     let text = std::str::from_utf8(head).ok()?;
     let mut lines = text.split("\r\n");
@@ -891,19 +865,6 @@ fn parse_head(head: &[u8]) -> Option<Incoming> {
         }
     }
     Some(incoming)
-}
-
-/// The start offset of `bytes=N-`; `None` for every other form.
-fn parse_range(value: &str) -> Option<u64> {
-    let (unit, spec) = value.split_once('=')?;
-    if !unit.trim().eq_ignore_ascii_case("bytes") {
-        return None;
-    }
-    let (start, end) = spec.split_once('-')?;
-    if !end.trim().is_empty() {
-        return None;
-    }
-    start.trim().parse().ok()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1195,28 +1156,10 @@ impl<'a> Reply<'a> {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        206 => "Partial Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        416 => "Range Not Satisfiable",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_server::client::*;
 
     /// Safety net for every client read: far above anything a passing test waits.
     const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1237,108 +1180,33 @@ mod tests {
             .collect()
     }
 
-    /// How reading a response ended.
-    #[derive(Debug, PartialEq, Eq)]
-    enum End {
-        Eof,
-        Error(io::ErrorKind),
+    /// What a registry's answers carry beyond plain HTTP.
+    trait RegistryResponse {
+        fn json(&self) -> Value;
+        /// The code of a registry JSON error.
+        fn code(&self) -> String;
     }
 
-    #[derive(Debug)]
-    struct Response {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-        end: End,
-    }
-
-    impl Response {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-
-        fn content_length(&self) -> Option<u64> {
-            self.header("content-length").map(|v| v.parse().unwrap())
-        }
-
+    impl RegistryResponse for Response {
         fn json(&self) -> Value {
             serde_json::from_slice(&self.body)
                 .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
         }
 
-        /// The code of a registry JSON error.
         fn code(&self) -> String {
             self.json()["errors"][0]["code"].as_str().unwrap().to_string()
         }
     }
 
     fn connect(reg: &Registry, method: &str, target: &str, headers: &[(&str, &str)]) -> TcpStream {
-        let mut stream = TcpStream::connect(reg.addr).unwrap();
-        stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
-        let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\n", reg.host());
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).unwrap();
-        stream
-    }
-
-    /// Reads until end of file or an error, and says which.
-    fn read_all(stream: &mut TcpStream, into: &mut Vec<u8>) -> End {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) => return End::Eof,
-                Ok(n) => into.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return End::Error(e.kind()),
-            }
-        }
+        send(reg.addr, method, target, headers, CLIENT_TIMEOUT)
     }
 
     /// Reads until the blank line after the headers; returns the parsed head (with an empty
     /// body) and any body bytes read with it.
     fn read_head_only(stream: &mut TcpStream) -> (Response, Vec<u8>) {
-        let mut data = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(pos) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                let body = data.split_off(pos + 4);
-                return (parse(data, End::Eof), body);
-            }
-            let n = stream.read(&mut buf).unwrap();
-            assert!(n > 0, "connection ended inside the headers");
-            data.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    fn parse(data: Vec<u8>, end: End) -> Response {
-        let pos = data
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no complete head in {:?} ({end:?})", String::from_utf8_lossy(&data)));
-        let head = std::str::from_utf8(&data[..pos]).unwrap();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap();
-        let mut parts = status_line.splitn(3, ' ');
-        assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line}");
-        let status = parts.next().unwrap().parse().unwrap();
-        let headers = lines
-            .map(|line| {
-                let (name, value) = line.split_once(':').unwrap();
-                (name.trim().to_string(), value.trim().to_string())
-            })
-            .collect();
-        Response {
-            status,
-            headers,
-            body: data[pos + 4..].to_vec(),
-            end,
-        }
+        let (head, body) = read_until_body(stream);
+        (parse(head, End::Eof), body)
     }
 
     fn call(reg: &Registry, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
