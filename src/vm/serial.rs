@@ -9,7 +9,7 @@
 //! ```
 
 /// The first-boot steps in the order they run.
-pub const STEPS: [&str; 4] = ["prepare", "storage", "bootstrap", "addons"];
+pub const STEPS: [&str; 5] = ["prepare", "images", "storage", "bootstrap", "addons"];
 
 /// How the node's status unit words a step's state (templates/firstboot/status).
 const STATES: [&str; 5] = ["done", "running", "FAILED", "waiting", "applied by"];
@@ -133,6 +133,8 @@ mod tests {
 [    0.000000] Linux version 6.12.48+deb13-amd64 (debian-kernel@lists.debian.org)\n\
          Starting \x1b[0;1;39mkubestick-prepare.service\x1b[0m - kubestick: prepare the node...\r\n\
 optiplex-1 login: kubestick: prepare    done\r\n\
+kubestick: images     running (journalctl -u kubestick-images.service)\n\
+kubestick: images     done: imported 24 images (328K) in 2s, pinned\n\
 [   34.413361] systemd[1]: Finished kubestick-prepare.service - kubestick: prepare the node for Kubernetes.\n\
 [   90.262891] systemd[1]: Finished kubestick-storage.service - kubestick: prepare this node's disk for ceph.\n\
 kubestick: storage    waiting\n\
@@ -155,6 +157,7 @@ kubestick: bootstrap  done: created the cluster (kubeadm init)\n";
             )
         );
         assert_eq!(s.step("prepare"), Some("done"));
+        assert_eq!(s.step("images"), Some("done: imported 24 images (328K) in 2s, pinned"));
         assert_eq!(
             s.step("storage"),
             Some("done: /dev/disk/by-id/ata-QEMU_HARDDISK_SATA-NODE1 (/dev/sda) is empty")
