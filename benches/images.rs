@@ -25,7 +25,8 @@ const LAYER_SIZE: usize = 48 * 1024 * 1024;
 const RUNS: usize = 3;
 const TARGET: f64 = 1.2;
 
-/// Incompressible bytes (xorshift64 from `seed`), so gzip cannot shrink a layer.
+/// Incompressible bytes (xorshift64 from `seed | 1`), so gzip cannot shrink a layer; the
+/// layers' seeds differ in more than their lowest bit, so no two layers are the same blob.
 fn noise(seed: u64, size: usize) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(size);
@@ -41,7 +42,7 @@ fn noise(seed: u64, size: usize) -> Vec<u8> {
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let files: Vec<Vec<u8>> = (0..LAYERS)
-        .map(|i| noise(0x9E37_79B9_7F4A_7C15 + i as u64, LAYER_SIZE))
+        .map(|i| noise(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1), LAYER_SIZE))
         .collect();
     let layers: Vec<[(&str, &[u8]); 1]> = files.iter().map(|f| [("payload", f.as_slice())]).collect();
     let layer_refs: Vec<&[(&str, &[u8])]> = layers.iter().map(|l| l.as_slice()).collect();

@@ -318,6 +318,14 @@ pub fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // A TLS handshake (record type 0x16) on this plain-HTTP port: refuse it at once, as
+        // Go's net/http does, so a client trying https first falls back without a timeout.
+        if head.is_empty() && buf[0] == 0x16 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS handshake on a plain-HTTP port",
+            ));
+        }
         let from = head.len().saturating_sub(3);
         head.extend_from_slice(&buf[..n]);
         if let Some(pos) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
@@ -880,6 +888,18 @@ mod tests {
         let end = read_all(&mut stream, &mut data);
         assert_eq!(parse(data, end).status, 400);
         assert_eq!(server.requests(), vec![log("/f", None, 405), log("", None, 400)]);
+    }
+
+    #[test]
+    fn a_tls_handshake_gets_400_at_once() {
+        let server = Server::start(vec![("/f", Behavior::Ok(pattern(10)))]);
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        // The start of a TLS ClientHello: no CRLF will ever come.
+        stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+        let mut data = Vec::new();
+        let end = read_all(&mut stream, &mut data);
+        assert_eq!(parse(data, end).status, 400);
     }
 
     #[test]
