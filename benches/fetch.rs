@@ -4,7 +4,6 @@
 
 #[path = "support.rs"]
 mod support;
-use support::median;
 
 #[path = "../tests/it/http_server.rs"]
 mod http_server;
@@ -71,22 +70,12 @@ fn main() {
         assert!(String::from_utf8_lossy(&sum.stdout).starts_with(&digest.hex));
         std::fs::remove_file(&out).unwrap();
     }
-    let (ours, theirs) = (median(ours), median(theirs));
-    let ratio = ours.as_secs_f64() / theirs.as_secs_f64();
     let mib = SIZE as f64 / (1024.0 * 1024.0);
     println!("fetch benchmark: {mib:.0} MiB from 127.0.0.1, median of {RUNS} runs");
-    println!(
-        "  kubestick fetch + verify + cache  {:>7.2} s  {:>6.0} MiB/s",
-        ours.as_secs_f64(),
-        mib / ours.as_secs_f64()
-    );
-    println!(
-        "  curl + sha256sum                  {:>7.2} s  {:>6.0} MiB/s",
-        theirs.as_secs_f64(),
-        mib / theirs.as_secs_f64()
-    );
-    println!(
-        "  ratio {ratio:.2}x  ({} the {TARGET}x target)",
-        if ratio <= TARGET { "within" } else { "OVER" }
+    support::compare(
+        mib,
+        ("kubestick fetch + verify + cache", ours),
+        ("curl + sha256sum", theirs),
+        TARGET,
     );
 }

@@ -5,7 +5,6 @@
 
 #[path = "support.rs"]
 mod support;
-use support::median;
 
 #[path = "../tests/it/http_server.rs"]
 mod http_server;
@@ -92,24 +91,14 @@ fn main() {
         }
         std::fs::remove_dir_all(&out).unwrap();
     }
-    let (ours, theirs) = (median(ours), median(theirs));
-    let ratio = ours.as_secs_f64() / theirs.as_secs_f64();
     let mib = bytes as f64 / (1024.0 * 1024.0);
     println!(
         "image pull benchmark: {mib:.0} MiB in {LAYERS} gzip'd layers, token auth, 127.0.0.1, median of {RUNS} runs"
     );
-    println!(
-        "  kubestick pull + verify + cache   {:>7.2} s  {:>6.0} MiB/s",
-        ours.as_secs_f64(),
-        mib / ours.as_secs_f64()
-    );
-    println!(
-        "  skopeo copy to an OCI layout      {:>7.2} s  {:>6.0} MiB/s",
-        theirs.as_secs_f64(),
-        mib / theirs.as_secs_f64()
-    );
-    println!(
-        "  ratio {ratio:.2}x  ({} the {TARGET}x target)",
-        if ratio <= TARGET { "within" } else { "OVER" }
+    support::compare(
+        mib,
+        ("kubestick pull + verify + cache", ours),
+        ("skopeo copy to an OCI layout", theirs),
+        TARGET,
     );
 }

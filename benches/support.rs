@@ -22,3 +22,17 @@ pub fn write_payload(path: &Path, size: usize) {
         f.write_all(&x.to_le_bytes()).unwrap();
     }
 }
+
+/// Prints two timings of the same `mib` of work, median of their samples, with throughput,
+/// and their ratio against `target` (reported, never asserted).
+pub fn compare(mib: f64, ours: (&str, Vec<Duration>), theirs: (&str, Vec<Duration>), target: f64) {
+    let (a, b) = (median(ours.1).as_secs_f64(), median(theirs.1).as_secs_f64());
+    for (label, secs) in [(ours.0, a), (theirs.0, b)] {
+        println!("  {label:<33} {secs:>7.2} s  {:>6.0} MiB/s", mib / secs);
+    }
+    let ratio = a / b;
+    println!(
+        "  ratio {ratio:.2}x  ({} the {target}x target)",
+        if ratio <= target { "within" } else { "OVER" }
+    );
+}

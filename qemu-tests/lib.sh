@@ -126,10 +126,11 @@ PY
   rm -f "$work/$name.pid"
 }
 
-# guest_cat WORKDIR NAME PATH: prints a file from the root filesystem of a VM's boot disk
-# (its qcow2 overlay), read offline with debugfs. The VM must be stopped.
-guest_cat() {
-  local work=$1 name=$2 path=$3 raw start
+# guest_debugfs WORKDIR NAME REQUEST: runs one debugfs request (as `cat PATH` or
+# `rdump PATH DIR`) on the root filesystem of a VM's boot disk (its qcow2 overlay), offline.
+# The VM must be stopped.
+guest_debugfs() {
+  local work=$1 name=$2 request=$3 raw start
   raw=$work/$name.inspect.raw
   qemu-img convert -O raw "$work/$name.qcow2" "$raw"
   # The root filesystem is the last partition.
@@ -137,23 +138,23 @@ guest_cat() {
   # After a power cut the newest writes may be only in the ext4 journal, which debugfs does
   # not read: replay it into the copy first, as the next boot would.
   e2fsck -y -E journal_only "$raw?offset=$start" >/dev/null 2>&1 || true
-  debugfs -R "cat $path" "$raw?offset=$start" 2>/dev/null
+  debugfs -R "$request" "$raw?offset=$start" 2>/dev/null
   rm -f "$raw"
+}
+
+# guest_cat WORKDIR NAME PATH: prints a file from a stopped VM's root filesystem.
+guest_cat() {
+  guest_debugfs "$1" "$2" "cat $3"
 }
 
 # guest_journal WORKDIR NAME UNIT: prints the last lines a stopped VM's journal holds for
 # UNIT (journald keeps it in /var/log/journal on the boot disk), read offline: what a
 # person would read with `journalctl -u UNIT` on the machine.
 guest_journal() {
-  local work=$1 name=$2 unit=$3 raw start dir
-  raw=$work/$name.journal.raw
+  local work=$1 name=$2 unit=$3 dir
   dir=$work/$name.journal
-  qemu-img convert -O raw "$work/$name.qcow2" "$raw"
-  start=$(sfdisk --json "$raw" | python3 -c 'import json,sys; t=json.load(sys.stdin)["partitiontable"]; print(t["partitions"][-1]["start"] * t.get("sectorsize", 512))')
-  e2fsck -y -E journal_only "$raw?offset=$start" >/dev/null 2>&1 || true
   rm -rf "$dir" && mkdir -p "$dir"
-  debugfs -R "rdump /var/log/journal $dir" "$raw?offset=$start" >/dev/null 2>&1 || true
-  rm -f "$raw"
+  guest_debugfs "$work" "$name" "rdump /var/log/journal $dir" >/dev/null || true
   if [[ -d $dir/journal ]]; then
     journalctl --directory "$dir/journal" --no-pager --unit "$unit" --lines 40 2>&1 || true
   else
