@@ -62,7 +62,8 @@ const DOUBLES: &[(&str, &str)] = &[
     // Time passes while a script waits: the cluster gets created meanwhile.
     (
         "sleep",
-        "[ -z \"${FAKE_BOOTSTRAP_DURING_SLEEP:-}\" ] || touch \"$FAKE_DIR/state/bootstrap.done\"",
+        "[ -z \"${FAKE_BOOTSTRAP_DURING_SLEEP:-}\" ] || touch \"$FAKE_DIR/state/bootstrap.done\"\n\
+         [ -z \"${FAKE_TURN_FREED_DURING_SLEEP:-}\" ] || rm -f \"$FAKE_DIR/lease\"",
     ),
     (
         "kubeadm",
@@ -74,6 +75,16 @@ const DOUBLES: &[(&str, &str)] = &[
          *' get node '*) [ -n \"${FAKE_NODE_EXISTS:-}\" ] || exit 1;;\n\
          *' get pods '*) printf 'etcd-cp-1\\netcd-cp-2\\netcd-cp-3\\n';;\n\
          *' member list'*) printf '%b' \"${FAKE_ETCD_MEMBERS:-}\";;\n\
+         *' create -f -'*) [ ! -e \"$FAKE_DIR/lease\" ] && [ -z \"${FAKE_API_BUSY:-}\" ] || exit 1\n\
+           echo \"$(sed -n 's/.*holderIdentity: //p') now 1\" > \"$FAKE_DIR/lease\";;\n\
+         *' get lease '*) [ -z \"${FAKE_API_BUSY:-}\" ] || exit 1\n\
+           if [ ! -e \"$FAKE_DIR/lease\" ]; then case \"$*\" in *--ignore-not-found*) exit 0;; *) exit 1;; esac; fi\n\
+           read -r holder taken rv < \"$FAKE_DIR/lease\"\n\
+           case \"$*\" in *resourceVersion*) echo \"$holder $taken $rv\";; *) echo \"$holder\";; esac;;\n\
+         *' replace -f -'*) read -r holder taken rv < \"$FAKE_DIR/lease\"\n\
+           in=$(cat); printf '%s\\n' \"$in\" | grep -qx \"  resourceVersion: \\\"$rv\\\"\" || exit 1\n\
+           echo \"$(printf '%s\\n' \"$in\" | sed -n 's/.*holderIdentity: //p') now $((rv + 1))\" > \"$FAKE_DIR/lease\";;\n\
+         *' delete lease '*) rm -f \"$FAKE_DIR/lease\";;\n\
          *'get --raw /readyz'*) n=$(cat \"$FAKE_DIR/ready-looks\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$FAKE_DIR/ready-looks\"\n\
            [ \"$n\" -ge \"${FAKE_READY_AFTER:-0}\" ] || exit 1;;\n\
          *'apply '*) case \"$*\" in *\"${FAKE_APPLY_FAIL:-(none)}\"*) exit 1;; esac;;\n\
@@ -426,7 +437,7 @@ fn other_control_plane_nodes_wait_then_join() {
         "{text}"
     );
     // Nothing stale to forget: the node is unknown and etcd does not list it.
-    // get node, get the etcd pods, member list; then join.
+    // Take the turn, get node, get the etcd pods, member list; join; give the turn back.
     assert_eq!(
         commands(&m),
         [
@@ -434,12 +445,24 @@ fn other_control_plane_nodes_wait_then_join() {
             "kubectl --kubeconfig",
             "kubectl --kubeconfig",
             "kubectl --kubeconfig",
-            "kubeadm join"
+            "kubectl --kubeconfig",
+            "kubeadm join",
+            "kubectl --kubeconfig",
+            "kubectl --kubeconfig",
         ],
         "{}",
         m.calls()
     );
     assert!(!m.calls().contains("member remove") && !m.calls().contains("delete node"));
+    let calls = m.calls();
+    let join = calls.find("kubeadm join").unwrap();
+    assert!(calls.find("create -f -").unwrap() < join, "{calls}");
+    assert!(
+        calls.find("delete lease kubestick-control-plane-join").unwrap() > join,
+        "{calls}"
+    );
+    assert!(!m.path("lease").exists(), "the turn is given back");
+    assert!(text.contains("took the control-plane join turn"), "{text}");
     assert!(m.calls().contains(&format!(
         "kubeadm join --config {}",
         m.path("conf/kubeadm-join.yaml").display()
@@ -504,6 +527,85 @@ fn a_reflashed_control_plane_node_replaces_its_stale_etcd_member_and_node() {
         !m.path("state/bootstrap-admin.conf").exists(),
         "the temporary admin credential is removed"
     );
+}
+
+fn utc_now() -> String {
+    let out = run_tool("date", &["-u", "+%Y-%m-%dT%H:%M:%S.000000Z"]);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn control_plane_nodes_join_one_at_a_time() {
+    // cp-3 took the turn a moment ago and is joining: cp-2 waits until it is given back.
+    let m = bootstrap_machine("cp-2", "control-plane");
+    fs::write(m.path("lease"), format!("cp-3 {} 7\n", utc_now())).unwrap();
+    let out = m.run_script(
+        "bootstrap",
+        &[("FAKE_API_AFTER", "0"), ("FAKE_TURN_FREED_DURING_SLEEP", "1")],
+    );
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("waiting for cp-3 to finish joining the control plane"),
+        "{text}"
+    );
+    let calls = m.calls();
+    let slept = calls.find("sleep ").expect("waited");
+    let etcd = calls.find("get pods").expect("looked at etcd");
+    assert!(slept < etcd, "etcd is left alone until the turn is ours: {calls}");
+    assert_eq!(calls.matches("kubeadm join").count(), 1, "{calls}");
+    assert!(!calls.contains("kubeadm reset"), "{calls}");
+    assert!(!m.path("lease").exists(), "the turn is given back");
+}
+
+#[test]
+fn a_turn_left_by_a_node_that_lost_power_is_taken_over() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    fs::write(m.path("lease"), "cp-3 2026-01-01T00:00:00.000000Z 7\n").unwrap();
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("took over the control-plane join turn from cp-3"),
+        "{text}"
+    );
+    let calls = m.calls();
+    assert!(
+        calls.find("replace -f -").unwrap() < calls.find("kubeadm join").unwrap(),
+        "{calls}"
+    );
+    assert!(!calls.contains("sleep "), "a lapsed turn is not waited for: {calls}");
+    assert!(!m.path("lease").exists(), "the turn is given back");
+}
+
+#[test]
+fn a_node_keeps_its_turn_across_a_failed_join() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0"), ("FAKE_KUBEADM_FAIL", "1")]);
+    assert_eq!(out.status.code(), Some(1), "{}", log(&out));
+    assert!(
+        fs::read_to_string(m.path("lease")).unwrap().starts_with("cp-2 "),
+        "the failed node still holds the turn, so no other node joins into its half-done etcd change"
+    );
+    assert!(!m.path("state/bootstrap-admin.conf").exists());
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("holding the control-plane join turn since an earlier attempt"),
+        "{text}"
+    );
+    assert!(!m.path("lease").exists(), "the turn is given back");
+}
+
+#[test]
+fn workers_join_without_a_turn() {
+    let m = bootstrap_machine("worker-1", "worker");
+    fs::write(m.path("lease"), format!("cp-3 {} 7\n", utc_now())).unwrap();
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(m.path("lease").exists());
+    assert_eq!(commands(&m), ["kubeadm join"]);
 }
 
 #[test]
