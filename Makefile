@@ -6,7 +6,7 @@ OUT ?= out
 EXAMPLE ?= examples/homelab.toml
 KUBESTICK := ./target/release/kubestick
 
-.PHONY: demo test test-deps host-deps toolchain lint qemu-test bench clean
+.PHONY: demo test test-deps host-deps toolchain lint qemu-test real-test bench clean
 
 ## demo: check the reference cluster, print its plan, and build one disk image per node into out/.
 ## Without access to the upstream download hosts it builds with the test doubles from
@@ -52,6 +52,13 @@ qemu-test: toolchain test-deps
 	$(CARGO) build --locked
 	bash qemu-tests/boot-one.sh
 	bash qemu-tests/drills.sh
+
+## real-test: the real rehearsal (qemu-tests/real/): Kubernetes, etcd, containerd, flannel and the
+## rest built from Go modules (cached), three real control-plane nodes and a late worker in VMs,
+## drills 1-6 checked with the real kubectl; one summary line at the end
+real-test: toolchain test-deps
+	$(CARGO) build --locked
+	bash qemu-tests/real/drills.sh
 
 ## bench: render time for a 100-node cluster (target < 50 ms); fetch of 200 MiB vs curl + sha256sum
 ## (target <= 1.2x); flash write + verify vs dd + sha256sum (target <= 1.2x); node image cost vs

@@ -108,24 +108,7 @@ node_field() {
     "$out/cluster.json" "$1" "$2"
 }
 
-# ssh_node NODE COMMAND...: as the admin user, with the key this test put into cluster.toml,
-# through the port kubestick forwards from 127.0.0.1 to the node's address. A connection
-# that fails (ssh's own exit code 255: a TCG guest's sshd busy past the timeout) is tried
-# again; the command's own failure is returned at once.
-declare -A ssh_port=()
 api_port=
-ssh_node() {
-  local node=$1 try rc
-  shift
-  for try in 1 2 3 4 5; do
-    rc=0
-    ssh -i "$work/id" -p "${ssh_port[$node]}" -o BatchMode=yes -o ConnectTimeout=30 \
-      -o ServerAliveInterval=10 -o ServerAliveCountMax=6 \
-      -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR kube@127.0.0.1 "$@" || rc=$?
-    ((rc == 255 && try < 5)) || return "$rc"
-    sleep 3
-  done
-}
 
 # api_probe: one request to the API virtual IP through the forward, checked against the
 # cluster CA as a kubeconfig would; prints which node answered.
@@ -139,14 +122,7 @@ api_probe() {
 log "building the rehearsal cluster with the test-double artifacts"
 ssh-keygen -q -t ed25519 -N '' -C kubestick-drills -f "$work/id"
 python3 "$QT_DIR/make-mirror.py" "$REPO" "$work/doubles"
-python3 - "$QT_DIR/cluster.toml" "$work/cluster.toml" "$(cat "$work/id.pub")" <<'EOF'
-import re, sys
-src, dst, key = sys.argv[1:]
-text = open(src).read()
-text, n = re.subn(r'ssh_authorized_keys = \[\n.*?\n\]', 'ssh_authorized_keys = [\n  "%s",\n]' % key, text, flags=re.S)
-assert n == 1, "no ssh_authorized_keys list in " + src
-open(dst, "w").write(text)
-EOF
+with_ssh_key "$QT_DIR/cluster.toml" "$work/cluster.toml" "$work/id.pub"
 "$KUBESTICK" build "$work/cluster.toml" -o "$out" --lock "$work/doubles/artifacts.lock" \
   --mirror "$work/doubles/mirror" --cache "${KUBESTICK_TEST_CACHE:-$REPO/target/qemu-tests-cache}" \
   >"$work/build.log" 2>&1 || fail "kubestick build failed" "$work/build.log"

@@ -34,6 +34,37 @@ build_rehearsal() {
     || fail "kubestick build failed" "$work/build.log"
 }
 
+# with_ssh_key SRC DST PUBKEY_FILE: cluster file SRC with its admin's SSH keys replaced by
+# the one key in PUBKEY_FILE (made for this run), written to DST.
+with_ssh_key() {
+  python3 - "$1" "$2" "$(cat "$3")" <<'EOF'
+import re, sys
+src, dst, key = sys.argv[1:]
+text = open(src).read()
+text, n = re.subn(r'ssh_authorized_keys = \[\n.*?\n\]', 'ssh_authorized_keys = [\n  "%s",\n]' % key, text, flags=re.S)
+assert n == 1, "no ssh_authorized_keys list in " + src
+open(dst, "w").write(text)
+EOF
+}
+
+# ssh_node NODE COMMAND...: as the admin user, with the key the test put into cluster.toml
+# ($work/id), through the port kubestick forwards from 127.0.0.1 to the node's address (the
+# caller's ssh_port[NODE]). A connection that fails (ssh's own exit code 255: a TCG guest's
+# sshd busy past the timeout) is tried again; the command's own failure is returned at once.
+declare -A ssh_port=()
+ssh_node() {
+  local node=$1 try rc
+  shift
+  for try in 1 2 3 4 5; do
+    rc=0
+    ssh -i "$work/id" -p "${ssh_port[$node]}" -o BatchMode=yes -o ConnectTimeout=30 \
+      -o ServerAliveInterval=10 -o ServerAliveCountMax=6 \
+      -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR kube@127.0.0.1 "$@" || rc=$?
+    ((rc == 255 && try < 5)) || return "$rc"
+    sleep 3
+  done
+}
+
 # pick_accel IMAGE: "kvm" when KVM boots a real kernel here, else "tcg". A trivial guest
 # is not enough: on some hosts KVM starts but hangs once a kernel runs, so the probe boots
 # the image's own kernel to its "no root" panic (panic=-1 makes QEMU exit).

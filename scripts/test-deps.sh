@@ -33,6 +33,7 @@ tree_packages=cloud-init,keepalived,udev,systemd,python3-netplan
 host_packages=(
   shellcheck ignition systemd mmdebstrap e2fsprogs dosfstools mtools fdisk
   openssl keepalived python3-venv ca-certificates openssh-client iproute2
+  gcc libc6-dev libseccomp-dev pkg-config
 )
 
 export DEBIAN_FRONTEND=noninteractive

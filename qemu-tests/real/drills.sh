@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# The real rehearsal (`make real-test`): kubestick's images built from the real components
+# (build.sh, mirror.sh: Kubernetes, etcd, containerd, flannel... built here from Go modules),
+# booted as QEMU VMs with `kubestick vm` (nothing leaves 127.0.0.1), and checked with the
+# real kubectl through the kubeconfig `kubestick vm` writes, as a person would check PCs:
+#   1  the cluster forms by itself: optiplex-1..3 powered on together are Ready, all
+#      control-plane and schedulable; etcd has 3 healthy voting members; every kube-system
+#      and kube-flannel pod is Running and ready
+#   2  pod networking: agnhost on every node; each pod reaches the other two over flannel
+#      vxlan (HTTP, answered by the pod asked); a ClusterIP Service answers from every node's
+#      host; its name resolves through cluster DNS inside every pod
+#   3  the VIP holder loses power: kubectl through the VIP answers again (measured, reported
+#      against FAILOVER_TARGET), etcd keeps quorum (a write succeeds), and the node powered on
+#      again is Ready with a healthy etcd member
+#   4  a reboot repeats no first-boot step (done markers, journal) and the node is Ready again
+#   5  a worker (optiplex-4) powered on after the cluster formed joins and is Ready
+#   6  re-flashed sticks, a joining node and then the init node: each replaces its stale etcd
+#      member, is Ready again, and etcd has exactly 3 members
+# The run ends with one summary line of every drill and the time from power-on to 3 Ready.
+# Usage: drills.sh [DRILL...] (default: all; drill 1 always runs: the others need its
+# cluster). REAL_WORK=DIR keeps the VMs and reuses them when DIR already holds a running
+# rehearsal; REAL_CPUS/REAL_MEMORY size the VMs (default 2 CPUs, kubeadm's preflight
+# minimum for a control-plane node, and 2560 MiB). Serial logs are kept on failure.
+set -euo pipefail
+# shellcheck source=qemu-tests/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
+
+declare -A want=([1]=1)
+for d in "${@:-1 2 3 4 5 6}"; do
+  for n in $d; do
+    [[ $n =~ ^[1-6]$ ]] || { echo "usage: $0 [DRILL...] (drills are 1 to 6)" >&2; exit 2; }
+    want[$n]=1
+  done
+done
+wanted() { [[ -n ${want[$1]:-} ]]; }
+
+read -ra NODES <<<"${REAL_NODES:-optiplex-1 optiplex-2 optiplex-3}"
+N=${#NODES[@]}
+if ((N != 3)) && { wanted 3 || wanted 4 || wanted 5 || wanted 6; }; then
+  echo "drills 3 to 6 need the three control-plane nodes (REAL_NODES=\"${NODES[*]}\"): run drills 1 and 2 only" >&2
+  exit 2
+fi
+WORKER=optiplex-4
+CPUS=${REAL_CPUS:-2}
+MEMORY=${REAL_MEMORY:-2560}
+# Bounds no loaded 2-core machine misses under TCG; the measured times are reported.
+FORM_BOUND=${FORM_BOUND:-3600}
+STEP_BOUND=${STEP_BOUND:-1800}
+FAILOVER_TARGET=${FAILOVER_TARGET:-5}
+FAILOVER_BOUND=${FAILOVER_BOUND:-120}
+NS=kubestick-drills
+
+if [[ -n ${REAL_WORK:-} ]]; then
+  work=$REAL_WORK
+  mkdir -p "$work"
+else
+  work=$(mktemp -d "${TMPDIR:-/tmp}/kubestick-real.XXXXXX")
+fi
+out=$work/out
+declare -a summary=()
+formed=
+
+finish() {
+  local status=$?
+  {
+    printf 'real-test:'
+    printf ' %s;' "${summary[@]}"
+    printf ' %s nodes Ready %s after power-on\n' "$N" "${formed:-never}"
+  } >&2
+  if ((status != 0)) && [[ -d $out/vm ]]; then
+    mkdir -p "${work}-logs"
+    for f in "$out"/vm/*/serial.log; do cp "$f" "${work}-logs/$(basename "$(dirname "$f")").serial.log"; done
+    cp "$work/build.log" "$work/up.log" "${work}-logs/" 2>/dev/null || true
+    log "serial logs of this run kept in ${work}-logs"
+  fi
+  if [[ -n ${REAL_WORK:-} ]]; then
+    log "kept $work (VMs still running: \`$KUBESTICK vm destroy -o $out\` removes them)"
+    return
+  fi
+  "$KUBESTICK" vm destroy -o "$out" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap finish EXIT
+
+vm() { "$KUBESTICK" vm "$@"; }
+now() { date +%s; }
+pass() { summary+=("drill $1 PASS ${2}s"); log "PASS drill $1 (${2}s): $3"; }
+# drill_fail N NODE MESSAGE: the message, what NODE's console says of its first-boot steps,
+# and what the cluster looks like; the run stops (its serial logs are kept).
+drill_fail() {
+  summary+=("drill $1 FAIL")
+  {
+    printf 'FAIL drill %s: %s\n' "$1" "$3"
+    printf -- '--- %s: kubestick lines on its console (%s) ---\n' "$2" "$out/vm/$2/serial.log"
+    tr -d '\r' <"$out/vm/$2/serial.log" | grep -aE 'kubestick[:-]' | tail -n 20 || true
+    printf -- '--- the cluster ---\n'
+    kc get nodes -o wide 2>&1 || true
+    kc get pods -A -o wide 2>&1 | grep -v ' Running ' || true
+  } >&2
+  exit 1
+}
+
+# --- the real components, the images, the VMs ------------------------------------------
+mirror=$(bash "$QT_DIR/real/mirror.sh" | tail -n 1)
+KUBECTL=$(bash "$QT_DIR/real/build.sh" | tail -n 1)/bin/kubectl
+agnhost=$(python3 -c 'import sys, tomllib
+for i in tomllib.load(open(sys.argv[1], "rb"))["image"]:
+    if i["name"] == "agnhost": print(i["reference"] + "@" + i["digest"])' "$mirror/artifacts.lock")
+kc() { "$KUBECTL" --kubeconfig "$out/vm/kubeconfig" --request-timeout=30s "$@"; }
+
+read_ports() {
+  eval "$(vm status -o "$out" --json | python3 -c '
+import json, sys
+for n in json.load(sys.stdin)["nodes"]:
+    print("ssh_port[%s]=%d" % (n["name"], n["ssh_port"]))
+')"
+}
+vip_holder() {
+  vm status -o "$out" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["api"].get("holder") or "")'
+}
+
+running=
+if [[ -n ${REAL_WORK:-} && -f $out/vm/kubeconfig ]] && vm status -o "$out" 2>/dev/null | grep -q 'running ('; then
+  running=1
+  log "reusing the rehearsal running in $work"
+else
+  rm -rf "$out"
+  [[ -f $work/id ]] || ssh-keygen -q -t ed25519 -N '' -C kubestick-real -f "$work/id"
+  with_ssh_key "$QT_DIR/real/cluster.toml" "$work/cluster.toml" "$work/id.pub"
+  log "building the rehearsal images from the real components ($mirror)"
+  "$KUBESTICK" build "$work/cluster.toml" -o "$out" --lock "$mirror/artifacts.lock" --mirror "$mirror/mirror" \
+    --cache "${KUBESTICK_TEST_CACHE:-$REPO/target/real-cache}" >"$work/build.log" 2>&1 ||
+    fail "kubestick build failed" "$work/build.log"
+  date +%s >"$work/power-on"
+  log "powering on ${NODES[*]} together (${CPUS} CPUs, ${MEMORY} MiB each)"
+  vm up "$out" "${NODES[@]}" --cpus "$CPUS" --memory "$MEMORY" >"$work/up.log" 2>&1 ||
+    fail "kubestick vm up failed" "$work/up.log"
+fi
+read_ports
+power_on=$(cat "$work/power-on")
+
+# --- helpers reading the cluster --------------------------------------------------------
+# ready_nodes: the names of the nodes whose Ready condition is True.
+ready_nodes() {
+  kc get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null |
+    awk '$2 == "True" { print $1 }'
+}
+is_ready() { ready_nodes | grep -qx "$1"; }
+boot_id() { kc get node "$1" -o jsonpath='{.status.nodeInfo.bootID}' 2>/dev/null; }
+# etcdctl NODE ARGS...: etcdctl inside NODE's etcd pod, with the health-check client cert.
+etcdctl() {
+  local node=$1
+  shift
+  kc -n kube-system exec "etcd-$node" -- etcdctl --endpoints=https://127.0.0.1:2379 \
+    --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+    --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=15s "$@"
+}
+# etcd_members NODE: "name id learner" per member, as NODE's etcd sees them.
+etcd_members() {
+  etcdctl "$1" member list -w json 2>/dev/null | python3 -c '
+import json, sys
+for m in json.load(sys.stdin)["members"]:
+    print(m.get("name") or "(unstarted)", format(m["ID"], "x"), "learner" if m.get("isLearner") else "voter")'
+}
+# etcd_whole NODE: one voting member per control-plane node, each endpoint healthy.
+etcd_whole() {
+  local members
+  members=$(etcd_members "$1") || return 1
+  [[ $(grep -c ' voter$' <<<"$members") == "$N" && $(wc -l <<<"$members") == "$N" ]] || return 1
+  [[ $(etcdctl "$1" endpoint health --cluster 2>&1 | grep -c 'is healthy') == "$N" ]]
+}
+# unready_pods NAMESPACE...: pods not Running with every container ready.
+unready_pods() {
+  local ns
+  for ns in "$@"; do
+    kc -n "$ns" get pods -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.phase}{" "}{.status.containerStatuses[*].ready}{"\n"}{end}' |
+      awk -v ns="$ns" '$2 != "Running" || / false/ { print ns "/" $1 " " $2 }'
+  done
+}
+# until_true BOUND WHAT COMMAND...: retries COMMAND every 5 s for up to BOUND seconds.
+until_true() {
+  local bound=$1 what=$2 start=$SECONDS
+  shift 2
+  until "$@"; do
+    if ((SECONDS - start > bound)); then
+      log "gave up after ${bound}s waiting for $what"
+      return 1
+    fi
+    sleep 5
+  done
+}
+# back_ready NODE OLD_BOOT_ID: NODE runs a new boot and is Ready.
+back_ready() { local id; id=$(boot_id "$1") && [[ -n $id && $id != "$2" ]] && is_ready "$1"; }
+power_on_again() {
+  vm start "$1" -o "$out" "${@:2}" >>"$work/up.log" 2>&1 || fail "kubestick vm start $1 failed" "$work/up.log"
+  read_ports
+}
+
+# --- drill 1: the cluster forms by itself ----------------------------------------------
+all_ready() { [[ $(ready_nodes | grep -cxFf <(printf '%s\n' "${NODES[@]}")) == "$N" ]]; }
+if [[ -z $running ]] || ! all_ready; then
+  log "drill 1: waiting for ${NODES[*]} to be Ready (bound ${FORM_BOUND}s)"
+  until_true "$FORM_BOUND" "$N nodes Ready" all_ready || drill_fail 1 "${NODES[0]}" "${NODES[*]} were not Ready within ${FORM_BOUND}s"
+fi
+formed="$(($(now) - power_on))s"
+[[ -z $running ]] || formed+=" (or sooner: reused VMs)"
+log "drill 1: $N nodes Ready $formed after power-on"
+for n in "${NODES[@]}"; do
+  role=$(kc get node "$n" -o jsonpath='{.metadata.labels.node-role\.kubernetes\.io/control-plane}{"|"}{.spec.taints}')
+  [[ $role == "|" ]] || drill_fail 1 "$n" "$n is not a schedulable control-plane node (label|taints: $role)"
+done
+until_true "$STEP_BOUND" "etcd with $N healthy voting members" etcd_whole "${NODES[0]}" ||
+  drill_fail 1 "${NODES[0]}" "etcd is not $N healthy voting members: $(etcd_members "${NODES[0]}" | tr '\n' ';')"
+no_unready() { [[ -z $(unready_pods kube-system kube-flannel) ]]; }
+until_true "$STEP_BOUND" "every kube-system and kube-flannel pod Running" no_unready ||
+  drill_fail 1 "${NODES[0]}" "pods not running: $(unready_pods kube-system kube-flannel | tr '\n' ' ')"
+for component in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+  for n in "${NODES[@]}"; do
+    kc -n kube-system get pod "$component-$n" >/dev/null || drill_fail 1 "$n" "no $component-$n static pod"
+  done
+done
+pass 1 "${formed%%s*}" "$N schedulable control-plane nodes Ready $formed after power-on; etcd: $N healthy voters; every kube-system and kube-flannel pod Running"
+
+# --- drill 2: pod networking -------------------------------------------------------------
+if wanted 2; then
+  start=$(now)
+  {
+    printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n' "$NS"
+    for n in "${NODES[@]}"; do
+      cat <<EOF
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: net-$n, namespace: $NS, labels: {app: net}}
+spec:
+  nodeName: $n
+  containers:
+    - name: netexec
+      image: $agnhost
+      imagePullPolicy: Never
+      args: [netexec, --http-port=8080]
+      readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 5}
+EOF
+    done
+    cat <<EOF
+---
+apiVersion: v1
+kind: Service
+metadata: {name: net, namespace: $NS}
+spec:
+  selector: {app: net}
+  ports: [{port: 80, targetPort: 8080}]
+EOF
+  } | kc apply -f - >/dev/null || drill_fail 2 optiplex-1 "could not create the agnhost pods and Service"
+  pods_ready() { [[ $(kc -n "$NS" get pods -l app=net -o jsonpath='{.items[*].status.containerStatuses[*].ready}' | grep -o true | wc -l) == "$N" ]]; }
+  until_true "$STEP_BOUND" "the agnhost pods" pods_ready || drill_fail 2 optiplex-1 "the agnhost pods are not ready: $(kc -n "$NS" get pods -o wide 2>&1)"
+  declare -A pod_ip=()
+  for n in "${NODES[@]}"; do pod_ip[$n]=$(kc -n "$NS" get pod "net-$n" -o jsonpath='{.status.podIP}'); done
+  cluster_ip=$(kc -n "$NS" get service net -o jsonpath='{.spec.clusterIP}')
+  # dial NODE HOST PORT: from NODE's agnhost pod (asked by NODE's host, over the bridge) an
+  # HTTP request to HOST:PORT; prints the name of the pod that answered.
+  dial() {
+    ssh_node "$1" "curl -sf --max-time 20 'http://${pod_ip[$1]}:8080/dial?request=hostname&protocol=http&host=$2&port=$3&tries=3'" |
+      python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin).get("responses") or []))'
+  }
+  for n in "${NODES[@]}"; do
+    for other in "${NODES[@]}"; do
+      [[ $other == "$n" ]] && continue
+      answer=$(dial "$n" "${pod_ip[$other]}" 8080) || answer=
+      [[ $answer == *"net-$other"* ]] ||
+        drill_fail 2 "$n" "net-$n (${pod_ip[$n]}) did not reach net-$other (${pod_ip[$other]}) over flannel: '$answer'"
+    done
+    answer=$(ssh_node "$n" curl -sf --max-time 20 "http://$cluster_ip/hostname") || answer=
+    [[ " ${NODES[*]/#/net-} " == *" $answer "* ]] || drill_fail 2 "$n" "the ClusterIP $cluster_ip did not answer from $n's host: '$answer'"
+    answer=$(dial "$n" "net.$NS.svc.cluster.local" 80) || answer=
+    [[ $answer == *net-optiplex-* ]] || drill_fail 2 "$n" "net.$NS.svc.cluster.local did not resolve and answer inside net-$n: '$answer'"
+  done
+  pass 2 "$(($(now) - start))" "each agnhost pod reached the other two over flannel; the ClusterIP $cluster_ip answered from every node; net.$NS.svc.cluster.local resolved in every pod"
+fi
+
+# --- drill 3: the VIP holder loses power -------------------------------------------------
+if wanted 3; then
+  start=$(now)
+  holder=$(vip_holder)
+  [[ -n $holder ]] || drill_fail 3 optiplex-1 "vm status names no VIP holder"
+  others=()
+  for n in "${NODES[@]}"; do [[ $n != "$holder" ]] && others+=("$n"); done
+  old_id=$(boot_id "$holder")
+  log "drill 3: $holder holds the API VIP; cutting its power"
+  vm stop "$holder" -o "$out" >/dev/null
+  cut=$(date +%s.%N)
+  until kc --request-timeout=3s get --raw /readyz >/dev/null 2>&1; do
+    awk -v c="$cut" -v n="$(date +%s.%N)" -v b="$FAILOVER_BOUND" 'BEGIN { exit !(n - c > b) }' &&
+      drill_fail 3 "${others[0]}" "kubectl through the VIP did not answer within ${FAILOVER_BOUND}s after $holder lost power"
+    sleep 0.5
+  done
+  failover=$(awk -v c="$cut" -v n="$(date +%s.%N)" 'BEGIN { printf "%.1f", n - c }')
+  verdict=met
+  awk -v f="$failover" -v t="$FAILOVER_TARGET" 'BEGIN { exit !(f <= t) }' || verdict=MISSED
+  log "drill 3: kubectl through the VIP answered again ${failover}s after the power cut (target ${FAILOVER_TARGET}s: $verdict), now from $(vip_holder)"
+  # Quorum: two of three members are healthy, and a write goes through.
+  two_healthy() { [[ $(etcdctl "${others[0]}" endpoint health --cluster 2>&1 | grep -c 'is healthy') == 2 ]]; }
+  until_true 300 "two healthy etcd members" two_healthy || drill_fail 3 "${others[0]}" "etcd did not keep two healthy members"
+  kc -n default create configmap "kubestick-drill-written-without-$holder-$(now)" >/dev/null ||
+    drill_fail 3 "${others[0]}" "a write through the API failed while $holder was off: etcd lost quorum"
+  log "drill 3: etcd kept quorum (2 healthy members, a write went through); powering $holder on again"
+  power_on_again "$holder"
+  until_true "$STEP_BOUND" "$holder Ready again" back_ready "$holder" "$old_id" ||
+    drill_fail 3 "$holder" "$holder was not Ready again after power came back"
+  until_true "$STEP_BOUND" "etcd whole again" etcd_whole "${others[0]}" ||
+    drill_fail 3 "$holder" "etcd is not 3 healthy members after $holder came back: $(etcd_members "${others[0]}" | tr '\n' ';')"
+  pass 3 "$(($(now) - start))" "the VIP answered ${failover}s after $holder lost power (target ${FAILOVER_TARGET}s: $verdict); quorum kept; $holder back Ready with a healthy etcd member"
+fi
+
+# --- drill 4: a reboot repeats no first-boot step -----------------------------------------
+if wanted 4; then
+  start=$(now)
+  n=optiplex-2
+  markers() { ssh_node "$1" 'cat /var/lib/kubestick/*.done'; }
+  before=$(markers "$n") || drill_fail 4 "$n" "cannot read $n's done markers over SSH"
+  old_id=$(boot_id "$n")
+  pid=$(cat "$out/vm/$n/qemu.pid")
+  # A clean shutdown, then power on: under TCG a warm reset (`systemctl reboot`) sometimes
+  # hangs in the firmware, which is QEMU's problem, not the node's.
+  log "drill 4: rebooting $n (systemctl poweroff, then power on)"
+  ssh_node "$n" sudo systemctl poweroff || true
+  gone() { ! kill -0 "$pid" 2>/dev/null; }
+  until_true 600 "$n to power off" gone || drill_fail 4 "$n" "$n did not power off"
+  power_on_again "$n"
+  until_true "$STEP_BOUND" "$n Ready again" back_ready "$n" "$old_id" || drill_fail 4 "$n" "$n was not Ready again after the reboot"
+  after=$(markers "$n") || drill_fail 4 "$n" "cannot read $n's done markers after the reboot"
+  [[ $after == "$before" ]] || drill_fail 4 "$n" "done markers changed across the reboot: $(diff <(echo "$before") <(echo "$after") || true)"
+  journal=$(ssh_node "$n" sudo journalctl -b --no-pager -o cat -u kubestick-bootstrap.service -u kubestick-images.service)
+  if grep -q 'running: kubeadm' <<<"$journal"; then drill_fail 4 "$n" "a first-boot step ran again: $journal"; fi
+  grep -q 'unmet condition' <<<"$(ssh_node "$n" sudo journalctl -b --no-pager -u kubestick-bootstrap.service)" ||
+    drill_fail 4 "$n" "the journal does not show kubestick-bootstrap skipped by its condition after the reboot"
+  pass 4 "$(($(now) - start))" "$n rebooted, ran no first-boot step again (done markers unchanged, bootstrap skipped) and is Ready"
+fi
+
+# --- drill 5: a late worker joins ---------------------------------------------------------
+if wanted 5; then
+  start=$(now)
+  log "drill 5: powering on $WORKER, a worker, after the cluster formed"
+  power_on_again "$WORKER"
+  until_true "$STEP_BOUND" "$WORKER Ready" is_ready "$WORKER" || drill_fail 5 "$WORKER" "$WORKER did not join and become Ready"
+  role=$(kc get node "$WORKER" -o jsonpath='{.metadata.labels.node-role\.kubernetes\.io/control-plane}')
+  [[ -z $role ]] || drill_fail 5 "$WORKER" "$WORKER joined as a control-plane node"
+  [[ $(etcd_members optiplex-1 | wc -l) == 3 ]] || drill_fail 5 "$WORKER" "the worker changed etcd's membership"
+  pass 5 "$(($(now) - start))" "$WORKER, powered on after the cluster formed, joined as a worker and is Ready"
+fi
+
+# --- drill 6: re-flashed sticks replace their stale etcd members --------------------------
+if wanted 6; then
+  for n in optiplex-2 optiplex-1; do
+    start=$(now)
+    old_member=$(etcd_members optiplex-3 | awk -v n="$n" '$1 == n { print $2 }')
+    old_id=$(boot_id "$n")
+    log "drill 6: re-flashing $n's stick (its etcd member was $old_member)"
+    vm stop "$n" -o "$out" >/dev/null
+    power_on_again "$n" --reflash
+    until_true "$STEP_BOUND" "re-flashed $n Ready" back_ready "$n" "$old_id" ||
+      drill_fail 6 "$n" "the re-flashed $n was not Ready again"
+    until_true "$STEP_BOUND" "etcd whole again" etcd_whole optiplex-3 ||
+      drill_fail 6 "$n" "etcd is not 3 healthy members after $n was re-flashed: $(etcd_members optiplex-3 | tr '\n' ';')"
+    new_member=$(etcd_members optiplex-3 | awk -v n="$n" '$1 == n { print $2 }')
+    [[ -n $new_member && $new_member != "$old_member" ]] ||
+      drill_fail 6 "$n" "$n's etcd member was not replaced (before $old_member, now '$new_member')"
+    done_line=$(ssh_node "$n" cat /var/lib/kubestick/bootstrap.done)
+    [[ $done_line == *"joined the cluster"* ]] || drill_fail 6 "$n" "the re-flashed $n did not join the running cluster: $done_line"
+    pass "6 ($n)" "$(($(now) - start))" "re-flashed $n replaced etcd member $old_member with $new_member, is Ready; etcd has exactly 3 members"
+  done
+fi
