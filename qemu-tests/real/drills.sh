@@ -25,10 +25,13 @@ set -euo pipefail
 # shellcheck source=qemu-tests/lib.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 
+# The drills run in the order given (drill 1 first, always: the others need its cluster).
 declare -A want=([1]=1)
+order=(1)
 for d in "${@:-1 2 3 4 5 6}"; do
   for n in $d; do
     [[ $n =~ ^[1-6]$ ]] || { echo "usage: $0 [DRILL...] (drills are 1 to 6)" >&2; exit 2; }
+    [[ -n ${want[$n]:-} ]] || order+=("$n")
     want[$n]=1
   done
 done
@@ -36,8 +39,8 @@ wanted() { [[ -n ${want[$1]:-} ]]; }
 
 read -ra NODES <<<"${REAL_NODES:-optiplex-1 optiplex-2 optiplex-3}"
 N=${#NODES[@]}
-if ((N != 3)) && { wanted 3 || wanted 4 || wanted 5 || wanted 6; }; then
-  echo "drills 3 to 6 need the three control-plane nodes (REAL_NODES=\"${NODES[*]}\"): run drills 1 and 2 only" >&2
+if ((N != 3)) && { wanted 3 || wanted 6; }; then
+  echo "drills 3 and 6 need the three control-plane nodes (REAL_NODES=\"${NODES[*]}\")" >&2
   exit 2
 fi
 WORKER=optiplex-4
@@ -198,35 +201,49 @@ power_on_again() {
 
 # --- drill 1: the cluster forms by itself ----------------------------------------------
 all_ready() { [[ $(ready_nodes | grep -cxFf <(printf '%s\n' "${NODES[@]}")) == "$N" ]]; }
-if [[ -z $running ]] || ! all_ready; then
-  log "drill 1: waiting for ${NODES[*]} to be Ready (bound ${FORM_BOUND}s)"
-  until_true "$FORM_BOUND" "$N nodes Ready" all_ready || drill_fail 1 "${NODES[0]}" "${NODES[*]} were not Ready within ${FORM_BOUND}s"
-fi
-formed="$(($(now) - power_on))s"
-[[ -z $running ]] || formed+=" (or sooner: reused VMs)"
-log "drill 1: $N nodes Ready $formed after power-on"
-for n in "${NODES[@]}"; do
-  role=$(kc get node "$n" -o jsonpath='{.metadata.labels.node-role\.kubernetes\.io/control-plane}{"|"}{.spec.taints}')
-  [[ $role == "|" ]] || drill_fail 1 "$n" "$n is not a schedulable control-plane node (label|taints: $role)"
-done
-until_true "$STEP_BOUND" "etcd with $N healthy voting members" etcd_whole "${NODES[0]}" ||
-  drill_fail 1 "${NODES[0]}" "etcd is not $N healthy voting members: $(etcd_members "${NODES[0]}" | tr '\n' ';')"
 no_unready() { [[ -z $(unready_pods kube-system kube-flannel) ]]; }
-until_true "$STEP_BOUND" "every kube-system and kube-flannel pod Running" no_unready ||
-  drill_fail 1 "${NODES[0]}" "pods not running: $(unready_pods kube-system kube-flannel | tr '\n' ' ')"
-for component in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+drill_1() {
+  if [[ -z $running ]] || ! all_ready; then
+    log "drill 1: waiting for ${NODES[*]} to be Ready (bound ${FORM_BOUND}s)"
+    until_true "$FORM_BOUND" "$N nodes Ready" all_ready || drill_fail 1 "${NODES[0]}" "${NODES[*]} were not Ready within ${FORM_BOUND}s"
+  fi
+  formed="$(($(now) - power_on))s"
+  [[ -z $running ]] || formed+=" (or sooner: reused VMs)"
+  log "drill 1: $N nodes Ready $formed after power-on"
   for n in "${NODES[@]}"; do
-    kc -n kube-system get pod "$component-$n" >/dev/null || drill_fail 1 "$n" "no $component-$n static pod"
+    role=$(kc get node "$n" -o jsonpath='{.metadata.labels.node-role\.kubernetes\.io/control-plane}{"|"}{.spec.taints}')
+    [[ $role == "|" ]] || drill_fail 1 "$n" "$n is not a schedulable control-plane node (label|taints: $role)"
   done
-done
-pass 1 "${formed%%s*}" "$N schedulable control-plane nodes Ready $formed after power-on; etcd: $N healthy voters; every kube-system and kube-flannel pod Running"
+  until_true "$STEP_BOUND" "etcd with $N healthy voting members" etcd_whole "${NODES[0]}" ||
+    drill_fail 1 "${NODES[0]}" "etcd is not $N healthy voting members: $(etcd_members "${NODES[0]}" | tr '\n' ';')"
+  until_true "$STEP_BOUND" "every kube-system and kube-flannel pod Running" no_unready ||
+    drill_fail 1 "${NODES[0]}" "pods not running: $(unready_pods kube-system kube-flannel | tr '\n' ' ')"
+  for component in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+    for n in "${NODES[@]}"; do
+      kc -n kube-system get pod "$component-$n" >/dev/null || drill_fail 1 "$n" "no $component-$n static pod"
+    done
+  done
+  pass 1 "${formed%%s*}" "$N schedulable control-plane nodes Ready $formed after power-on; etcd: $N healthy voters; every kube-system and kube-flannel pod Running"
+}
 
 # --- drill 2: pod networking -------------------------------------------------------------
-if wanted 2; then
+# Drill 2's pods: one per Ready node of the rehearsal (the late worker too, once it joined).
+net_ready() {
+  [[ $(kc -n "$NS" get pods -l app=net -o jsonpath='{.items[*].status.containerStatuses[*].ready}' | grep -o true | wc -l) == "${#net[@]}" ]]
+}
+# dial NODE HOST PORT: from NODE's agnhost pod (asked by NODE's host, over the bridge) an
+# HTTP request to HOST:PORT; prints the name of the pod that answered.
+dial() {
+  ssh_node "$1" "curl -sf --max-time 20 'http://${pod_ip[$1]}:8080/dial?request=hostname&protocol=http&host=$2&port=$3&tries=3'" |
+    python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin).get("responses") or []))'
+}
+declare -A pod_ip=()
+drill_2() {
   start=$(now)
+  mapfile -t net < <(ready_nodes | grep -xFf <(printf '%s\n' "${NODES[@]}" "$WORKER"))
   {
     printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n' "$NS"
-    for n in "${NODES[@]}"; do
+    for n in "${net[@]}"; do
       cat <<EOF
 ---
 apiVersion: v1
@@ -252,34 +269,27 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 EOF
   } | kc apply -f - >/dev/null || drill_fail 2 optiplex-1 "could not create the agnhost pods and Service"
-  pods_ready() { [[ $(kc -n "$NS" get pods -l app=net -o jsonpath='{.items[*].status.containerStatuses[*].ready}' | grep -o true | wc -l) == "$N" ]]; }
-  until_true "$STEP_BOUND" "the agnhost pods" pods_ready || drill_fail 2 optiplex-1 "the agnhost pods are not ready: $(kc -n "$NS" get pods -o wide 2>&1)"
-  declare -A pod_ip=()
-  for n in "${NODES[@]}"; do pod_ip[$n]=$(kc -n "$NS" get pod "net-$n" -o jsonpath='{.status.podIP}'); done
+  until_true "$STEP_BOUND" "the agnhost pods" net_ready || drill_fail 2 "${net[0]}" "the agnhost pods are not ready: $(kc -n "$NS" get pods -o wide 2>&1)"
+  for n in "${net[@]}"; do pod_ip[$n]=$(kc -n "$NS" get pod "net-$n" -o jsonpath='{.status.podIP}'); done
   cluster_ip=$(kc -n "$NS" get service net -o jsonpath='{.spec.clusterIP}')
-  # dial NODE HOST PORT: from NODE's agnhost pod (asked by NODE's host, over the bridge) an
-  # HTTP request to HOST:PORT; prints the name of the pod that answered.
-  dial() {
-    ssh_node "$1" "curl -sf --max-time 20 'http://${pod_ip[$1]}:8080/dial?request=hostname&protocol=http&host=$2&port=$3&tries=3'" |
-      python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin).get("responses") or []))'
-  }
-  for n in "${NODES[@]}"; do
-    for other in "${NODES[@]}"; do
+  for n in "${net[@]}"; do
+    for other in "${net[@]}"; do
       [[ $other == "$n" ]] && continue
       answer=$(dial "$n" "${pod_ip[$other]}" 8080) || answer=
       [[ $answer == *"net-$other"* ]] ||
         drill_fail 2 "$n" "net-$n (${pod_ip[$n]}) did not reach net-$other (${pod_ip[$other]}) over flannel: '$answer'"
     done
     answer=$(ssh_node "$n" curl -sf --max-time 20 "http://$cluster_ip/hostname") || answer=
-    [[ " ${NODES[*]/#/net-} " == *" $answer "* ]] || drill_fail 2 "$n" "the ClusterIP $cluster_ip did not answer from $n's host: '$answer'"
+    [[ " ${net[*]/#/net-} " == *" $answer "* ]] || drill_fail 2 "$n" "the ClusterIP $cluster_ip did not answer from $n's host: '$answer'"
     answer=$(dial "$n" "net.$NS.svc.cluster.local" 80) || answer=
     [[ $answer == *net-optiplex-* ]] || drill_fail 2 "$n" "net.$NS.svc.cluster.local did not resolve and answer inside net-$n: '$answer'"
   done
-  pass 2 "$(($(now) - start))" "each agnhost pod reached the other two over flannel; the ClusterIP $cluster_ip answered from every node; net.$NS.svc.cluster.local resolved in every pod"
-fi
+  pass 2 "$(($(now) - start))" "agnhost on ${net[*]}: each pod reached the others over flannel; the ClusterIP $cluster_ip answered from every node; net.$NS.svc.cluster.local resolved in every pod"
+}
 
 # --- drill 3: the VIP holder loses power -------------------------------------------------
-if wanted 3; then
+two_healthy() { [[ $(etcdctl "$1" endpoint health --cluster 2>&1 | grep -c 'is healthy') == 2 ]]; }
+drill_3() {
   start=$(now)
   holder=$(vip_holder)
   [[ -n $holder ]] || drill_fail 3 optiplex-1 "vm status names no VIP holder"
@@ -299,8 +309,7 @@ if wanted 3; then
   awk -v f="$failover" -v t="$FAILOVER_TARGET" 'BEGIN { exit !(f <= t) }' || verdict=MISSED
   log "drill 3: kubectl through the VIP answered again ${failover}s after the power cut (target ${FAILOVER_TARGET}s: $verdict), now from $(vip_holder)"
   # Quorum: two of three members are healthy, and a write goes through.
-  two_healthy() { [[ $(etcdctl "${others[0]}" endpoint health --cluster 2>&1 | grep -c 'is healthy') == 2 ]]; }
-  until_true 300 "two healthy etcd members" two_healthy || drill_fail 3 "${others[0]}" "etcd did not keep two healthy members"
+  until_true 300 "two healthy etcd members" two_healthy "${others[0]}" || drill_fail 3 "${others[0]}" "etcd did not keep two healthy members"
   kc -n default create configmap "kubestick-drill-written-without-$holder-$(now)" >/dev/null ||
     drill_fail 3 "${others[0]}" "a write through the API failed while $holder was off: etcd lost quorum"
   log "drill 3: etcd kept quorum (2 healthy members, a write went through); powering $holder on again"
@@ -310,13 +319,14 @@ if wanted 3; then
   until_true "$STEP_BOUND" "etcd whole again" etcd_whole "${others[0]}" ||
     drill_fail 3 "$holder" "etcd is not 3 healthy members after $holder came back: $(etcd_members "${others[0]}" | tr '\n' ';')"
   pass 3 "$(($(now) - start))" "the VIP answered ${failover}s after $holder lost power (target ${FAILOVER_TARGET}s: $verdict); quorum kept; $holder back Ready with a healthy etcd member"
-fi
+}
 
 # --- drill 4: a reboot repeats no first-boot step -----------------------------------------
-if wanted 4; then
+gone() { ! kill -0 "$1" 2>/dev/null; }
+markers() { ssh_node "$1" 'cat /var/lib/kubestick/*.done'; }
+drill_4() {
   start=$(now)
-  n=optiplex-2
-  markers() { ssh_node "$1" 'cat /var/lib/kubestick/*.done'; }
+  n=${REAL_REBOOT:-${NODES[$((N - 1))]}}
   before=$(markers "$n") || drill_fail 4 "$n" "cannot read $n's done markers over SSH"
   old_id=$(boot_id "$n")
   pid=$(cat "$out/vm/$n/qemu.pid")
@@ -324,8 +334,7 @@ if wanted 4; then
   # hangs in the firmware, which is QEMU's problem, not the node's.
   log "drill 4: rebooting $n (systemctl poweroff, then power on)"
   ssh_node "$n" sudo systemctl poweroff || true
-  gone() { ! kill -0 "$pid" 2>/dev/null; }
-  until_true 600 "$n to power off" gone || drill_fail 4 "$n" "$n did not power off"
+  until_true 600 "$n to power off" gone "$pid" || drill_fail 4 "$n" "$n did not power off"
   power_on_again "$n"
   until_true "$STEP_BOUND" "$n Ready again" back_ready "$n" "$old_id" || drill_fail 4 "$n" "$n was not Ready again after the reboot"
   after=$(markers "$n") || drill_fail 4 "$n" "cannot read $n's done markers after the reboot"
@@ -335,10 +344,10 @@ if wanted 4; then
   grep -q 'unmet condition' <<<"$(ssh_node "$n" sudo journalctl -b --no-pager -u kubestick-bootstrap.service)" ||
     drill_fail 4 "$n" "the journal does not show kubestick-bootstrap skipped by its condition after the reboot"
   pass 4 "$(($(now) - start))" "$n rebooted, ran no first-boot step again (done markers unchanged, bootstrap skipped) and is Ready"
-fi
+}
 
 # --- drill 5: a late worker joins ---------------------------------------------------------
-if wanted 5; then
+drill_5() {
   start=$(now)
   log "drill 5: powering on $WORKER, a worker, after the cluster formed"
   power_on_again "$WORKER"
@@ -347,10 +356,10 @@ if wanted 5; then
   [[ -z $role ]] || drill_fail 5 "$WORKER" "$WORKER joined as a control-plane node"
   [[ $(etcd_members optiplex-1 | wc -l) == 3 ]] || drill_fail 5 "$WORKER" "the worker changed etcd's membership"
   pass 5 "$(($(now) - start))" "$WORKER, powered on after the cluster formed, joined as a worker and is Ready"
-fi
+}
 
 # --- drill 6: re-flashed sticks replace their stale etcd members --------------------------
-if wanted 6; then
+drill_6() {
   for n in optiplex-2 optiplex-1; do
     start=$(now)
     old_member=$(etcd_members optiplex-3 | awk -v n="$n" '$1 == n { print $2 }')
@@ -369,4 +378,6 @@ if wanted 6; then
     [[ $done_line == *"joined the cluster"* ]] || drill_fail 6 "$n" "the re-flashed $n did not join the running cluster: $done_line"
     pass "6 ($n)" "$(($(now) - start))" "re-flashed $n replaced etcd member $old_member with $new_member, is Ready; etcd has exactly 3 members"
   done
-fi
+}
+
+for d in "${order[@]}"; do "drill_$d"; done
