@@ -48,6 +48,11 @@ const DOUBLES: &[(&str, &str)] = &[
         "unit=$(eval echo \\${$#}); step=${unit#kubestick-}; step=${step%.service}\neval echo \\${FAKE_ACTIVE_$step:-inactive}",
     ),
     ("hostname", "echo cp-2"),
+    // The CRI client: FAKE_PODS_LEFT are the pod sandboxes a failed kubeadm reset left.
+    (
+        "crictl",
+        "case \"$*\" in *' pods -q'*) printf '%s' \"${FAKE_PODS_LEFT:-}\";; esac",
+    ),
     // containerd's client: imports keep the tar stream; the list is what the stream's
     // index.json names, less FAKE_CTR_LOSES (an import that lost an image).
     (
@@ -67,7 +72,9 @@ const DOUBLES: &[(&str, &str)] = &[
     ),
     (
         "kubeadm",
-        "case \"$1\" in kubeconfig) echo 'apiVersion: v1';; init|join) [ -z \"${FAKE_KUBEADM_FAIL:-}\" ] || exit 1;; esac",
+        "case \"$*\" in 'join phase etcd-join '*) n=$(cat \"$FAKE_DIR/etcd-joins\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$FAKE_DIR/etcd-joins\"\n\
+           [ \"$n\" -ge \"${FAKE_ETCD_JOIN_FAILS:-0}\" ] || exit 1;; esac\n\
+         case \"$1\" in kubeconfig) echo 'apiVersion: v1';; init|join) [ -z \"${FAKE_KUBEADM_FAIL:-}\" ] || exit 1;; esac",
     ),
     (
         "kubectl",
@@ -150,6 +157,7 @@ impl Machine {
             .env("FAKE_DIR", self.dir.path())
             .env("KUBESTICK_CONF", self.path("conf"))
             .env("KUBESTICK_K8S", self.path("k8s"))
+            .env("KUBESTICK_ETCD_DATA", self.path("etcd"))
             .env("KUBESTICK_WAIT_FIRST", "0")
             .env("KUBESTICK_WAIT_MAX", "0")
             .env("KUBESTICK_RUN", self.path("run"))
@@ -448,6 +456,10 @@ fn other_control_plane_nodes_wait_then_join() {
             "kubectl --kubeconfig",
             "kubectl --kubeconfig",
             "kubeadm join",
+            "kubeadm join",
+            "kubeadm join",
+            "kubeadm join",
+            "kubeadm join",
             "kubectl --kubeconfig",
             "kubectl --kubeconfig",
         ],
@@ -464,11 +476,23 @@ fn other_control_plane_nodes_wait_then_join() {
     );
     assert!(!m.path("lease").exists(), "the turn is given back");
     assert!(text.contains("took the control-plane join turn"), "{text}");
-    assert!(m.calls().contains(&format!(
-        "kubeadm join --config {}",
-        m.path("conf/kubeadm-join.yaml").display()
-    )));
-    assert!(!m.calls().contains("kubeadm init"));
+    // The join in kubeadm's phase order, etcd's on its own so that it can be retried.
+    let join = m.path("conf/kubeadm-join.yaml");
+    let joins: Vec<&str> = calls.lines().filter(|l| l.starts_with("kubeadm join")).collect();
+    assert_eq!(
+        joins,
+        [
+            format!(
+                "kubeadm join --config {} --skip-phases etcd-join,kubelet-wait-bootstrap,control-plane-join,wait-control-plane",
+                join.display()
+            ),
+            format!("kubeadm join phase etcd-join --config {}", join.display()),
+            format!("kubeadm join phase kubelet-wait-bootstrap --config {}", join.display()),
+            format!("kubeadm join phase control-plane-join --config {}", join.display()),
+            format!("kubeadm join phase wait-control-plane --config {}", join.display()),
+        ]
+    );
+    assert!(!calls.contains("kubeadm init"));
 }
 
 #[test]
@@ -554,7 +578,7 @@ fn control_plane_nodes_join_one_at_a_time() {
     let slept = calls.find("sleep ").expect("waited");
     let etcd = calls.find("get pods").expect("looked at etcd");
     assert!(slept < etcd, "etcd is left alone until the turn is ours: {calls}");
-    assert_eq!(calls.matches("kubeadm join").count(), 1, "{calls}");
+    assert_eq!(calls.matches("kubeadm join --config").count(), 1, "{calls}");
     assert!(!calls.contains("kubeadm reset"), "{calls}");
     assert!(!m.path("lease").exists(), "the turn is given back");
 }
@@ -630,6 +654,58 @@ fn a_learner_left_by_an_interrupted_join_is_removed_before_joining_again() {
         "another node's learner is not ours: {calls}"
     );
     assert!(!calls.contains("member remove 8e9e05c52164694d"), "{calls}");
+}
+
+#[test]
+fn a_failed_etcd_join_is_retried_without_a_reset() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0"), ("FAKE_ETCD_JOIN_FAILS", "2")]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("joining etcd failed (attempt 2 of 6); again in 20s"),
+        "{text}"
+    );
+    let calls = m.calls();
+    assert_eq!(calls.matches("kubeadm join phase etcd-join").count(), 3, "{calls}");
+    assert!(!calls.contains("kubeadm reset"), "{calls}");
+    assert!(
+        calls.rfind("phase etcd-join").unwrap() < calls.find("phase wait-control-plane").unwrap(),
+        "{calls}"
+    );
+}
+
+#[test]
+fn an_etcd_join_failing_every_time_fails_the_attempt() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0"), ("FAKE_ETCD_JOIN_FAILS", "99")]);
+    assert_eq!(out.status.code(), Some(1), "{}", log(&out));
+    let calls = m.calls();
+    assert_eq!(calls.matches("kubeadm join phase etcd-join").count(), 6, "{calls}");
+    assert!(!calls.contains("phase wait-control-plane"), "{calls}");
+    assert!(!m.path("state/bootstrap.done").exists());
+}
+
+#[test]
+fn pods_and_etcd_data_a_reset_left_behind_are_removed() {
+    // kubeadm reset on a busy machine gives up stopping pods; the etcd pod it left keeps
+    // writing /var/lib/etcd, which the next join's preflight refuses.
+    let m = bootstrap_machine("cp-1", "control-plane");
+    fs::create_dir_all(m.path("etcd/member/wal")).unwrap();
+    fs::write(m.path("etcd/member/wal/0.wal"), "old").unwrap();
+    let out = m.run_script("bootstrap", &[("FAKE_PODS_LEFT", "3f1c2e\n")]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("an earlier attempt left kubeadm state behind"), "{text}");
+    assert!(
+        text.contains("kubeadm reset left pods running; removing them"),
+        "{text}"
+    );
+    let calls = m.calls();
+    let reset = calls.find("kubeadm reset --force").unwrap();
+    let rmp = calls.find("rmp --all --force").expect("the pods removed");
+    assert!(reset < rmp && rmp < calls.find("kubeadm init").unwrap(), "{calls}");
+    assert_eq!(fs::read_dir(m.path("etcd")).unwrap().count(), 0, "etcd's data is gone");
 }
 
 #[test]
