@@ -314,12 +314,20 @@ impl Renderer {
             MODE_SECRET,
             self.template("kubeadm/join.yaml", &ctx)?,
         ));
+        // Every node checks that the API at the VIP is this cluster's before joining it. Not
+        // in /etc/kubernetes/pki on a worker: `kubeadm join` refuses a worker whose
+        // pki/ca.crt exists (it writes the one discovery pinned itself).
         files.push(NodeFile::new(
-            "/etc/kubernetes/pki/ca.crt",
+            "/etc/kubestick/ca.crt",
             MODE_FILE,
             secrets.ca.cert_pem.clone(),
         ));
         if is_cp {
+            files.push(NodeFile::new(
+                "/etc/kubernetes/pki/ca.crt",
+                MODE_FILE,
+                secrets.ca.cert_pem.clone(),
+            ));
             // For minting a short-lived admin credential from the CA on this node (the
             // bootstrap step uses one to forget an earlier life of a re-flashed node).
             files.push(NodeFile::new(

@@ -389,9 +389,13 @@ fn bootstrap_machine(node: &str, role: &str) -> Machine {
     for f in ["kubeadm-init.yaml", "kubeadm-join.yaml", "kubeadm-cluster.yaml"] {
         fs::write(m.path(&format!("conf/{f}")), "kind: test\n").unwrap();
     }
-    fs::create_dir_all(m.path("k8s/pki/etcd")).unwrap();
-    fs::write(m.path("k8s/pki/ca.crt"), "the cluster CA\n").unwrap();
-    fs::write(m.path("k8s/pki/etcd/ca.key"), "the etcd CA key\n").unwrap();
+    fs::write(m.path("conf/ca.crt"), "the cluster CA\n").unwrap();
+    // Only control-plane nodes carry the CAs kubeadm uses (a worker's join writes its own).
+    if role == "control-plane" {
+        fs::create_dir_all(m.path("k8s/pki/etcd")).unwrap();
+        fs::write(m.path("k8s/pki/ca.crt"), "the cluster CA\n").unwrap();
+        fs::write(m.path("k8s/pki/etcd/ca.key"), "the etcd CA key\n").unwrap();
+    }
     fs::create_dir_all(m.path("state")).unwrap();
     fs::write(m.path("state/images.done"), "2026-11-24T09:00:00Z imported 7 images\n").unwrap();
     m
@@ -621,6 +625,30 @@ fn a_node_keeps_its_turn_across_a_failed_join() {
         "{text}"
     );
     assert!(!m.path("lease").exists(), "the turn is given back");
+}
+
+#[test]
+fn a_failed_worker_join_is_reset_and_retried_without_a_pki_copy() {
+    let m = bootstrap_machine("worker-1", "worker");
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0"), ("FAKE_KUBEADM_FAIL", "1")]);
+    assert_eq!(out.status.code(), Some(1), "{}", log(&out));
+    assert!(!m.path("state/pki").exists(), "a worker has no CAs to keep");
+    // What the failed join left: its kubelet.conf and the CA certificate discovery wrote.
+    fs::create_dir_all(m.path("k8s/pki")).unwrap();
+    fs::write(m.path("k8s/kubelet.conf"), "half\n").unwrap();
+    fs::write(m.path("k8s/pki/ca.crt"), "written by kubeadm join\n").unwrap();
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(
+        !m.path("k8s/pki").exists(),
+        "kubeadm join would refuse a worker whose pki/ca.crt exists"
+    );
+    let calls = m.calls();
+    assert!(
+        calls.find("kubeadm reset").unwrap() < calls.rfind("kubeadm join").unwrap(),
+        "{calls}"
+    );
+    assert!(calls.contains(&format!("--cacert {}", m.path("conf/ca.crt").display())));
 }
 
 #[test]

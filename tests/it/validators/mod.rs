@@ -136,7 +136,7 @@ fn ignition_validate_accepts_every_config() {
         for p in [
             "/etc/hostname",
             "/etc/kubestick/kubeadm-join.yaml",
-            "/etc/kubernetes/pki/ca.crt",
+            "/etc/kubestick/ca.crt",
             "/etc/containerd/config.toml",
         ] {
             assert!(paths.contains(&p), "{name}: {p} not in {paths:?}");
