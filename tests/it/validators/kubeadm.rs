@@ -192,6 +192,47 @@ struct JoinConfiguration {
     discovery: Discovery,
     node_registration: NodeRegistration,
     control_plane: Option<JoinControlPlane>,
+    timeouts: Option<Timeouts>,
+}
+
+/// v1beta4's `timeouts` (metav1.Duration strings such as "15m0s").
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct Timeouts {
+    control_plane_component_health_check: Option<Duration>,
+    kubelet_health_check: Option<Duration>,
+    kubernetes_api_call: Option<Duration>,
+    etcd_api_call: Option<Duration>,
+    tls_bootstrap: Option<Duration>,
+    discovery: Option<Duration>,
+    upgrade_manifests: Option<Duration>,
+}
+
+/// A Go duration: digits with h/m/s units, e.g. "15m0s".
+struct Duration;
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .unwrap_or(rest.len());
+            let unit = rest[digits..]
+                .find(|c: char| c.is_ascii_digit())
+                .map_or(rest.len(), |u| digits + u);
+            if digits == 0 || !matches!(&rest[digits..unit], "h" | "m" | "s" | "ms") {
+                return Err(serde::de::Error::custom(format!("not a duration: {text:?}")));
+            }
+            rest = &rest[unit..];
+        }
+        if text.is_empty() {
+            return Err(serde::de::Error::custom("empty duration"));
+        }
+        Ok(Duration)
+    }
 }
 
 #[derive(Deserialize)]
