@@ -652,6 +652,19 @@ fn a_failed_worker_join_is_reset_and_retried_without_a_pki_copy() {
 }
 
 #[test]
+fn a_worker_whose_failed_join_left_only_its_ca_certificate_is_reset() {
+    // A join that failed in preflight leaves no kubelet.conf, but a CA certificate written
+    // by an earlier attempt: every later preflight would refuse it.
+    let m = bootstrap_machine("worker-1", "worker");
+    fs::create_dir_all(m.path("k8s/pki")).unwrap();
+    fs::write(m.path("k8s/pki/ca.crt"), "written by kubeadm join\n").unwrap();
+    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(log(&out).contains("an earlier attempt left kubeadm state behind"));
+    assert!(!m.path("k8s/pki").exists());
+}
+
+#[test]
 fn workers_join_without_a_turn() {
     let m = bootstrap_machine("worker-1", "worker");
     fs::write(m.path("lease"), format!("cp-3 {} 7\n", utc_now())).unwrap();
