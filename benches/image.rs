@@ -113,18 +113,21 @@ fn main() {
         .unwrap()
         .render(&cluster, &secrets, &pins)
         .unwrap();
-    let root_len: u64 = std::fs::read_to_string(base_img.with_extension("layout"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let layout = kubestick::image::Layout::for_root_size(root_len);
+    // The cache keeps "<root partition bytes> <epoch>" beside the base image.
+    let layout_text = std::fs::read_to_string(base_img.with_extension("layout")).unwrap();
+    let (root_len, epoch) = layout_text.trim().split_once(' ').unwrap();
+    let base = kubestick::image::Base {
+        path: base_img.clone(),
+        layout: kubestick::image::Layout::for_root_size(root_len.parse().unwrap()),
+        epoch: epoch.parse().unwrap(),
+    };
+    let bom = std::fs::read(work.join("out").join(format!("{}.cdx.json", rendered.nodes[0].name))).unwrap();
     let per_node = median(
         (0..RUNS)
             .map(|i| {
                 let to = work.join(format!("node-{i}.img"));
                 let start = Instant::now();
-                kubestick::image::build_node(&base_img, &layout, &cluster.name, &rendered.nodes[0], &to).unwrap();
+                kubestick::image::build_node(&base, &cluster.name, &rendered.nodes[0], &bom, &to).unwrap();
                 let t = start.elapsed();
                 std::fs::remove_file(to).unwrap();
                 t

@@ -6,7 +6,7 @@
 # place does no network access and takes about a second.
 #
 # Produces (relative to the repository root):
-#   target/test-tools/venv     Python venv with kubernetes-validate
+#   target/test-tools/venv     Python venv with kubernetes-validate and cyclonedx-python-lib
 #   target/test-tools/trixie   Debian trixie tree (cloud-init, keepalived, systemd, udev)
 #                              for `chroot target/test-tools/trixie ...`
 # See scripts/validators.md for the validator commands.
@@ -28,6 +28,7 @@ tree_old=$tools_dir/trixie-tree.old
 tree_stamp=.kubestick-test-tree
 
 kv_version=1.37.0
+cdx_version=11.12.0
 tree_suite=trixie
 tree_packages=cloud-init,keepalived,udev,systemd,python3-netplan
 host_packages=(
@@ -88,7 +89,8 @@ if ((${#missing[@]})); then
 fi
 
 # ---------------------------------------------------------------------------
-# 2. kubernetes-validate in a private venv (never the system Python)
+# 2. kubernetes-validate and the CycloneDX library (BOM schema validation) in a
+#    private venv (never the system Python)
 # ---------------------------------------------------------------------------
 kv_bin=$venv_dir/bin/kubernetes-validate
 kv_have=$("$venv_dir/bin/python" -c \
@@ -99,6 +101,13 @@ if [[ $kv_have != "$kv_version" ]]; then
   /usr/bin/python3 -m venv --clear "$venv_dir"
   "$venv_dir/bin/python" -m pip install -q --disable-pip-version-check \
     "kubernetes-validate==$kv_version"
+fi
+cdx_have=$("$venv_dir/bin/python" -c \
+  'import importlib.metadata as m; print(m.version("cyclonedx-python-lib"))' 2>/dev/null || true)
+if [[ $cdx_have != "$cdx_version" ]]; then
+  log "installing cyclonedx-python-lib[json-validation]==$cdx_version into $venv_dir"
+  "$venv_dir/bin/python" -m pip install -q --disable-pip-version-check \
+    "cyclonedx-python-lib[json-validation]==$cdx_version"
 fi
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use crate::render::{self, Rendered, Renderer};
 use crate::rootfs::{base, compose, tools};
 use crate::secrets::{self, Origin};
 use crate::spec::{self, Cluster, Role};
-use crate::{artifacts, image, progress};
+use crate::{artifacts, bom, image, progress};
 
 /// Loads and validates the cluster file, printing warnings (errors end the run).
 pub fn load_cluster(path: &Path, lock: &Lock, styled: bool) -> Result<Cluster> {
@@ -105,6 +105,7 @@ pub struct Request<'a> {
     pub output: &'a Path,
     pub state: Option<PathBuf>,
     pub debian_mirror: &'a str,
+    pub debian_security_mirror: Option<&'a str>,
     pub fetch: download::Options,
     pub cache: Option<PathBuf>,
     pub lock: Lock,
@@ -117,7 +118,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         Some(dir) => dir.clone(),
         None => Cache::default_root()?,
     };
-    let base_spec = base::BaseSpec::new(Some(req.debian_mirror));
+    let base_spec = base::BaseSpec::new(Some(req.debian_mirror), req.debian_security_mirror);
     // Host tools first: a missing one fails in a second, not after the downloads.
     tools::require_mke2fs()?;
     if !cache_root
@@ -183,9 +184,11 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     })?;
     let rendered = render_stage(req.cluster, &cluster, req.output, req.state.clone(), &pins)?;
 
+    let source_date_epoch = source_date_epoch()?;
     let base_tar = base::ensure(&cache_root, &base_spec, show)?;
     // One base per role: control-plane images only on control-plane nodes.
     let mut bases = std::collections::BTreeMap::new();
+    let mut carried_by_role = std::collections::BTreeMap::new();
     for role in [Role::ControlPlane, Role::Worker] {
         if !cluster.nodes.iter().any(|n| n.role == role) {
             continue;
@@ -203,10 +206,13 @@ pub fn run(req: &Request<'_>) -> Result<()> {
             role,
             &rendered,
             &cluster,
+            source_date_epoch,
             show,
         )?;
         bases.insert(role.as_str(), base);
+        carried_by_role.insert(role.as_str(), carried);
     }
+    let packages = base::installed_packages(&base_tar)?;
 
     let images_dir = req.output;
     let mut images = Vec::new();
@@ -218,10 +224,28 @@ pub fn run(req: &Request<'_>) -> Result<()> {
             .find(|n| n.name == node.name)
             .map_or(Role::Worker, |n| n.role);
         let base_image = &bases[role.as_str()];
-        image_size = image_size.max(base_image.1.total);
+        image_size = image_size.max(base_image.layout.total);
         let out = images_dir.join(format!("{}.img", node.name));
         let spinner = progress::spinner(show, format!("writing {}", out.display()));
-        image::build_node(&base_image.0, &base_image.1, &cluster.name, node, &out)?;
+        let files = bom_files(&rendered, node);
+        let artifacts: Vec<&artifacts::lock::Artifact> = fetched.iter().map(|(a, _)| a).collect();
+        let bom = bom::document(&bom::Inputs {
+            cluster: &cluster.name,
+            node: &node.name,
+            role: role.as_str(),
+            kubernetes_version: &cluster.kubernetes_version,
+            lock_sha256: &req.lock.sha256,
+            suite: &base_spec.suite,
+            sources: &base_spec.sources(),
+            packages: &packages,
+            artifacts: &artifacts,
+            images: &carried_by_role[role.as_str()],
+            files: &files,
+            epoch: base_image.epoch,
+        })?;
+        let bom_path = images_dir.join(format!("{}.cdx.json", node.name));
+        crate::fsx::write_atomic(&bom_path, &bom, crate::fsx::PUBLIC_MODE)?;
+        image::build_node(base_image, &cluster.name, node, &bom, &out)?;
         spinner.finish_and_clear();
         images.push(out);
     }
@@ -238,6 +262,11 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     for image in &images {
         println!("  {}", image.display());
     }
+    println!(
+        "  {}  (bill of materials of each image, CycloneDX {}; compare builds with `kubestick diff`)",
+        images_dir.join("<node>.cdx.json").display(),
+        bom::SPEC_VERSION
+    );
     println!("  {}", images_dir.join("SHA256SUMS").display());
     println!(
         "  {}  (for `kubestick vm up {}`, a rehearsal in VMs)",
@@ -265,10 +294,12 @@ fn base_image(
     role: Role,
     rendered: &Rendered,
     cluster: &Cluster,
+    source_date_epoch: Option<u64>,
     show: bool,
-) -> Result<(PathBuf, image::Layout)> {
+) -> Result<image::Base> {
     let mut hasher = Sha256::new();
     hasher.update(base_spec.key());
+    hasher.update(format!("SOURCE_DATE_EPOCH={source_date_epoch:?}\n"));
     hasher.update(&cluster.name);
     hasher.update(role.as_str());
     for p in carried {
@@ -296,17 +327,24 @@ fn base_image(
     fs::create_dir_all(&dir)?;
     let prefix = format!("{}-{}-", cluster.name, role.as_str());
     let path = dir.join(format!("{prefix}{key}.img"));
+    // Beside the image: its root partition's length and its epoch, as "<bytes> <seconds>".
     let layout_path = path.with_extension("layout");
-    let cached = || -> Option<image::Layout> {
-        let root_len: u64 = fs::read_to_string(&layout_path).ok()?.trim().parse().ok()?;
-        path.exists().then(|| image::Layout::for_root_size(root_len))
+    let cached = || -> Option<image::Base> {
+        let text = fs::read_to_string(&layout_path).ok()?;
+        let (root_len, epoch) = text.trim().split_once(' ')?;
+        let (root_len, epoch) = (root_len.parse().ok()?, epoch.parse().ok()?);
+        path.exists().then(|| image::Base {
+            path: path.clone(),
+            layout: image::Layout::for_root_size(root_len),
+            epoch,
+        })
     };
-    if let Some(layout) = cached() {
-        return Ok((path, layout));
+    if let Some(base) = cached() {
+        return Ok(base);
     }
     let _lock = crate::fsx::lock_exclusive(&dir.join(format!("{}.lock", cluster.name)))?;
-    if let Some(layout) = cached() {
-        return Ok((path, layout));
+    if let Some(base) = cached() {
+        return Ok(base);
     }
 
     let spinner = progress::spinner(
@@ -322,9 +360,9 @@ fn base_image(
         compose::image_layer(carried, &Cache::open(cache_root)?)?,
     ];
     let rootfs_tar = scratch.path().join("rootfs.tar");
-    compose::compose(base_tar, &layers, 0, &rootfs_tar)?;
+    let stats = compose::compose(base_tar, &layers, source_date_epoch, &rootfs_tar)?;
     let partial = scratch.path().join("base.img");
-    let layout = image::build_base(&rootfs_tar, &cluster.name, &partial)?;
+    let layout = image::build_base(&rootfs_tar, &cluster.name, stats.epoch, &partial)?;
     spinner.finish_and_clear();
     // Only the newest base image of a cluster's role is kept.
     for entry in fs::read_dir(&dir)?.flatten() {
@@ -333,7 +371,61 @@ fn base_image(
             let _ = fs::remove_file(entry.path());
         }
     }
-    fs::write(&layout_path, layout.root.1.to_string())?;
+    fs::write(&layout_path, format!("{} {}", layout.root.1, stats.epoch))?;
     fs::rename(&partial, &path).with_context(|| format!("moving the base image into {}", dir.display()))?;
-    Ok((path, layout))
+    Ok(image::Base {
+        path,
+        layout,
+        epoch: stats.epoch,
+    })
+}
+
+/// Every file kubestick puts on a node's image, for its bill of materials: overlays, the
+/// rendered files every node shares, the units, and the node's own (CIDATA and its files).
+fn bom_files(rendered: &Rendered, node: &render::RenderedNode) -> Vec<bom::FileEntry> {
+    let mut files: Vec<bom::FileEntry> = crate::rootfs::overlays::OVERLAYS
+        .iter()
+        .filter_map(|(path, o)| match o {
+            crate::rootfs::overlays::Overlay::File { data, .. } => Some(bom::FileEntry::new(format!("/{path}"), data)),
+            crate::rootfs::overlays::Overlay::Symlink(_) => None,
+        })
+        .collect();
+    files.extend(
+        rendered
+            .common_files
+            .iter()
+            .chain(&node.files)
+            .map(|f| bom::FileEntry::new(f.path.clone(), f.content.as_bytes())),
+    );
+    files.extend(
+        rendered
+            .units
+            .iter()
+            .map(|u| bom::FileEntry::new(format!("{}/{}", render::UNIT_DIR, u.name), u.content.as_bytes())),
+    );
+    for (name, content) in [
+        ("meta-data", &node.meta_data),
+        ("network-config", &node.network_config),
+        ("user-data", &node.user_data),
+    ] {
+        files.push(bom::FileEntry::new(format!("CIDATA:/{name}"), content.as_bytes()));
+    }
+    files
+}
+
+/// SOURCE_DATE_EPOCH from the environment (reproducible-builds.org): when set, every time
+/// in the images is that one (no later one survives); when not, the base's own.
+fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v.trim().parse().map(Some).map_err(|_| {
+            crate::error::BadInput(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970\n  \
+                 fix: unset it, or set it to an integer such as `$(git log -1 --format=%ct)`"
+            ))
+            .into()
+        }),
+        Err(e) => Err(crate::error::BadInput(format!("SOURCE_DATE_EPOCH: {e}")).into()),
+    }
 }

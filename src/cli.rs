@@ -61,6 +61,10 @@ pub enum Command {
         /// Debian mirror for the base root filesystem
         #[arg(long, value_name = "URL", default_value = crate::rootfs::base::DEFAULT_MIRROR)]
         debian_mirror: String,
+        /// Debian security mirror (trixie-security) [default: `debian-security` beside
+        /// --debian-mirror when that ends in `/debian`, else Debian's]
+        #[arg(long, value_name = "URL")]
+        debian_security_mirror: Option<String>,
         #[command(flatten)]
         source: SourceArgs,
         #[command(flatten)]
@@ -68,6 +72,14 @@ pub enum Command {
     },
     /// Write a node image to a USB stick and verify it (--list shows the sticks)
     Flash(crate::flash::FlashArgs),
+    /// What changed between two builds: packages, artifacts, container images and rendered
+    /// files, from their bills of materials. Exit 0 when the same, 1 when anything changed
+    Diff {
+        /// The old build: a node image (out/<node>.img) or its bill of materials (out/<node>.cdx.json)
+        old: PathBuf,
+        /// The new build, likewise
+        new: PathBuf,
+    },
     /// Show what artifacts.lock pins: every upstream file, its digest and where the digest
     /// was published
     Lock {
@@ -191,6 +203,14 @@ pub fn main() -> ExitCode {
         Color::Never => false,
         Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
+    // diff(1)'s convention: a difference is an answer, not an error.
+    if let Command::Diff { old, new } = &cli.command {
+        return match crate::diff::run(old, new) {
+            Ok(false) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::from(1),
+            Err(err) => report_error(&err, styled),
+        };
+    }
     match run(cli, styled) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report_error(&err, styled),
@@ -230,6 +250,7 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
             output,
             state,
             debian_mirror,
+            debian_security_mirror,
             source,
             lock,
         } => crate::build::run(&crate::build::Request {
@@ -237,6 +258,7 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
             output: &output,
             state,
             debian_mirror: &debian_mirror,
+            debian_security_mirror: debian_security_mirror.as_deref(),
             fetch: download_options(&source),
             cache: source.cache.clone(),
             lock: lock.load()?,
@@ -244,6 +266,7 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
         }),
         Command::Flash(args) => crate::flash::run(&args),
         Command::Vm(args) => crate::vm::run(args),
+        Command::Diff { .. } => unreachable!("handled in main"),
         Command::Lock {
             kubernetes,
             lock,

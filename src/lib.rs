@@ -7,9 +7,11 @@
 //! [`interrupt`] sit below every stage; [`cli`] wires everything together at the top.
 
 pub mod artifacts;
+pub mod bom;
 pub mod build;
 pub mod cli;
 pub mod diag;
+pub mod diff;
 pub mod error;
 pub mod flash;
 pub mod fsx;

@@ -22,6 +22,9 @@ pub struct Lock {
     pub artifacts: Vec<Artifact>,
     #[serde(default, rename = "image")]
     pub images: Vec<Image>,
+    /// SHA-256 of the lock file's bytes (recorded in each image's bill of materials).
+    #[serde(skip)]
+    pub sha256: String,
 }
 
 /// The lock format this kubestick reads. Format 1 named images by tag only.
@@ -145,7 +148,7 @@ impl Lock {
     /// Parses and checks a lock; every problem is reported with its location.
     pub fn parse(path: &Path, text: &str) -> Result<Lock, InvalidFile> {
         let mut report = Report::new(path, text);
-        let lock: Lock = match toml::from_str(text) {
+        let mut lock: Lock = match toml::from_str(text) {
             Ok(lock) => lock,
             Err(e) => {
                 let message = e.message().lines().next().unwrap_or("invalid lock file").to_string();
@@ -212,6 +215,8 @@ impl Lock {
         if report.has_errors() {
             Err(InvalidFile(report))
         } else {
+            use sha2::Digest as _;
+            lock.sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
             Ok(lock)
         }
     }

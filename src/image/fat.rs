@@ -81,6 +81,57 @@ pub struct Volume<'a> {
     pub volume_id: u32,
     /// Small clusters keep mtools and firmware happy on small FAT32 volumes.
     pub bytes_per_cluster: u32,
+    /// Seconds since 1970 that every directory entry carries (the build's SOURCE_DATE_EPOCH).
+    pub epoch: u64,
+}
+
+/// The one time fatfs stamps on every entry, instead of its default (1 Jan 1980 without
+/// chrono, the clock with it).
+#[derive(Debug)]
+struct FixedTime(fatfs::DateTime);
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        self.0
+    }
+}
+
+/// `epoch` as a FAT time (UTC: FAT has no zone, and the host's must not leak in), clamped
+/// to the years FAT can hold.
+fn fat_time(epoch: u64) -> fatfs::DateTime {
+    let t = time::OffsetDateTime::from_unix_timestamp(epoch.min(4_354_819_198) as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    if t.year() < 1980 {
+        return fatfs::DateTime {
+            date: fatfs::Date {
+                year: 1980,
+                month: 1,
+                day: 1,
+            },
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        };
+    }
+    fatfs::DateTime {
+        date: fatfs::Date {
+            year: t.year() as u16,
+            month: u8::from(t.month()) as u16,
+            day: t.day() as u16,
+        },
+        time: fatfs::Time {
+            hour: t.hour() as u16,
+            min: t.minute() as u16,
+            sec: t.second() as u16,
+            millis: 0,
+        },
+    }
 }
 
 /// Formats `region` (which must be zeroed, as a new sparse image is) and writes `files`,
@@ -100,7 +151,9 @@ pub fn write_volume(region: Region<'_>, volume: &Volume<'_>, files: &[(String, &
             .volume_id(volume.volume_id),
     )
     .with_context(|| format!("formatting the {} partition", volume.label))?;
-    let fs = FileSystem::new(&mut region, FsOptions::new())
+    // fatfs 0.3 wants a provider that lives forever; one small one per volume written.
+    let clock: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(volume.epoch))));
+    let fs = FileSystem::new(&mut region, FsOptions::new().time_provider(clock))
         .with_context(|| format!("opening the new {} filesystem", volume.label))?;
     if fs.fat_type() != volume.fat_type {
         anyhow::bail!(

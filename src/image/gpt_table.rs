@@ -41,3 +41,18 @@ pub fn write(file: &mut File, layout: &Layout, ids: &Ids) -> Result<()> {
     disk.write().context("writing the GPT")?;
     Ok(())
 }
+
+/// Where the root partition (Linux root x86-64) of a kubestick image starts, in bytes.
+pub fn root_offset(image: &std::path::Path) -> Result<u64> {
+    let disk = gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(LogicalBlockSize::Lb512)
+        .open(image)
+        .with_context(|| format!("{} has no readable GPT", image.display()))?;
+    disk.partitions()
+        .values()
+        .find(|p| p.part_type_guid == partition_types::LINUX_ROOT_X64)
+        .with_context(|| format!("{} has no root partition", image.display()))?
+        .bytes_start(LogicalBlockSize::Lb512)
+        .context("reading the root partition's start")
+}

@@ -98,8 +98,25 @@ impl Ids {
     }
 }
 
-/// The cluster-wide base image: ESP and root, no node identity.
-pub fn build_base(rootfs_tar: &Path, cluster: &str, out: &Path) -> Result<Layout> {
+/// A finished base image and what node images made from it need to know.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub path: PathBuf,
+    pub layout: Layout,
+    /// The time every filesystem in the images carries (SOURCE_DATE_EPOCH).
+    pub epoch: u64,
+}
+
+/// e2fsprogs stamps superblocks and inodes with the clock unless told a time; these make it
+/// use `epoch` and nothing from the host.
+fn e2fs_env(cmd: &mut Command, epoch: u64) -> &mut Command {
+    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env_remove("E2FSPROGS_FAKE_TIME")
+        .env("TZ", "UTC")
+}
+
+/// The cluster-wide base image: ESP and root, no node identity. Every time in it is `epoch`.
+pub fn build_base(rootfs_tar: &Path, cluster: &str, epoch: u64, out: &Path) -> Result<Layout> {
     let mke2fs = tools::require_mke2fs()?;
     let content = fs::metadata(rootfs_tar)
         .with_context(|| format!("reading {}", rootfs_tar.display()))?
@@ -148,6 +165,7 @@ pub fn build_base(rootfs_tar: &Path, cluster: &str, out: &Path) -> Result<Layout
             label: "EFI",
             volume_id: ids.esp_volume_id,
             bytes_per_cluster: 1024,
+            epoch,
         },
         &[
             ("EFI/BOOT/BOOTX64.EFI".into(), bootloader.as_slice()),
@@ -160,7 +178,7 @@ pub fn build_base(rootfs_tar: &Path, cluster: &str, out: &Path) -> Result<Layout
     file.sync_all()?;
     drop(file);
 
-    let status = Command::new(&mke2fs)
+    let status = e2fs_env(&mut Command::new(&mke2fs), epoch)
         .args(["-q", "-F", "-t", "ext4", "-L", "root", "-m", "1", "-U"])
         .arg(ids.root.to_string())
         .arg("-E")
@@ -184,8 +202,10 @@ pub fn build_base(rootfs_tar: &Path, cluster: &str, out: &Path) -> Result<Layout
     Ok(layout)
 }
 
-/// One node's image: a sparse copy of the base, its GPT, and its CIDATA partition.
-pub fn build_node(base: &Path, layout: &Layout, cluster: &str, node: &RenderedNode, out: &Path) -> Result<()> {
+/// One node's image: a sparse copy of the base, its GPT, its CIDATA partition, and its bill
+/// of materials at [`compose::BOM_PATH`] in the root filesystem.
+pub fn build_node(base: &Base, cluster: &str, node: &RenderedNode, bom: &[u8], out: &Path) -> Result<()> {
+    let layout = &base.layout;
     let partial = out.with_file_name(format!(
         ".{}.partial",
         out.file_name().and_then(|n| n.to_str()).unwrap_or("node.img")
@@ -193,7 +213,7 @@ pub fn build_node(base: &Path, layout: &Layout, cluster: &str, node: &RenderedNo
     let _ = fs::remove_file(&partial);
     let _unfinished = crate::interrupt::track(&partial);
     let result = (|| -> Result<()> {
-        sparse::copy(base, &partial)?;
+        sparse::copy(&base.path, &partial)?;
         fs::set_permissions(&partial, fs::Permissions::from_mode(0o600))?;
         let mut file = fs::OpenOptions::new().read(true).write(true).open(&partial)?;
         let ids = Ids::new(cluster, Some(&node.name));
@@ -205,6 +225,7 @@ pub fn build_node(base: &Path, layout: &Layout, cluster: &str, node: &RenderedNo
                 label: "CIDATA",
                 volume_id: ids.cidata_volume_id,
                 bytes_per_cluster: 2048,
+                epoch: base.epoch,
             },
             &[
                 ("meta-data".into(), node.meta_data.as_bytes()),
@@ -212,8 +233,11 @@ pub fn build_node(base: &Path, layout: &Layout, cluster: &str, node: &RenderedNo
                 ("network-config".into(), node.network_config.as_bytes()),
             ],
         )?;
-        crate::interrupt::pause_point("node-image");
         file.sync_all()?;
+        drop(file);
+        write_root_file(&partial, layout.root.0, compose::BOM_PATH, bom, base.epoch)
+            .context("writing the bill of materials into the root filesystem")?;
+        crate::interrupt::pause_point("node-image");
         Ok(())
     })();
     match result {
@@ -223,6 +247,60 @@ pub fn build_node(base: &Path, layout: &Layout, cluster: &str, node: &RenderedNo
             Err(e.context(format!("building {}", out.display())))
         }
     }
+}
+
+/// Writes `data` as `path` (root-owned, 0644, dated `epoch`) into the ext4 filesystem at
+/// `offset` in `image`, with e2fsprogs' debugfs: no mount, no root.
+fn write_root_file(image: &Path, offset: u64, path: &str, data: &[u8], epoch: u64) -> Result<()> {
+    let debugfs = tools::require("debugfs", "write into the root filesystem", "e2fsprogs")?;
+    let scratch = tempfile::tempdir()?;
+    let local = scratch.path().join("file");
+    fs::write(&local, data)?;
+    // debugfs copies the local file's mode and owner; neither may come from the host.
+    fs::set_permissions(&local, fs::Permissions::from_mode(0o644))?;
+    let commands = scratch.path().join("commands");
+    fs::write(
+        &commands,
+        format!(
+            "rm {path}\nwrite {local} {path}\nset_inode_field {path} uid 0\nset_inode_field {path} gid 0\n\
+             set_inode_field {path} mode 0100644\n",
+            local = local.display()
+        ),
+    )?;
+    let out = e2fs_env(&mut Command::new(&debugfs), epoch)
+        .arg("-w")
+        .arg("-f")
+        .arg(&commands)
+        .arg(format!("{}?offset={offset}", image.display()))
+        .output()
+        .with_context(|| format!("running {}", debugfs.display()))?;
+    // debugfs exits 0 even when a command fails; its complaints are on stderr. The `rm` of a
+    // file that is not there yet is expected.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs ") && !l.contains("File not found by ext2_lookup"))
+        .collect();
+    if !out.status.success() || !complaints.is_empty() {
+        bail!("{} failed writing {path}: {}", debugfs.display(), complaints.join("; "));
+    }
+    Ok(())
+}
+
+/// Reads `path` from the ext4 filesystem at `offset` in `image` (debugfs, read-only).
+pub fn read_root_file(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>> {
+    let debugfs = tools::require("debugfs", "read the root filesystem", "e2fsprogs")?;
+    let out = Command::new(&debugfs)
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(format!("{}?offset={offset}", image.display()))
+        .output()
+        .with_context(|| format!("running {}", debugfs.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || stderr.lines().any(|l| !l.starts_with("debugfs ")) {
+        bail!("{} holds no {path}: {}", image.display(), stderr.trim());
+    }
+    Ok(out.stdout)
 }
 
 /// `SHA256SUMS` in the format `sha256sum -c` reads.

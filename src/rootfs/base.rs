@@ -15,8 +15,10 @@ const PACKAGES: &str = include_str!("../../rootfs/packages.list");
 const CUSTOMIZE: &str = include_str!("../../rootfs/customize.sh");
 pub const SUITE: &str = "trixie";
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// Debian publishes security fixes in a separate archive, beside the main one on its mirrors.
+pub const DEFAULT_SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 /// Bumped whenever the way the base is built changes in ways the inputs below don't show.
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
 
 /// dpkg filters: no documentation or translations on an appliance (copyright files stay).
 const DPKG_OPTIONS: &[&str] = &[
@@ -32,11 +34,22 @@ const DPKG_OPTIONS: &[&str] = &[
 pub struct BaseSpec {
     pub suite: String,
     pub mirror: String,
+    pub security_mirror: String,
     pub packages: Vec<String>,
 }
 
+/// One apt source of the base: where its packages came from (recorded in the BOM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub mirror: String,
+    pub suite: String,
+}
+
 impl BaseSpec {
-    pub fn new(mirror: Option<&str>) -> Self {
+    /// The base from `mirror` (Debian's own by default) and the security archive: with no
+    /// `security_mirror` given, the one beside `mirror` when it ends in `/debian` (how Debian
+    /// mirrors and apt caches lay them out), else Debian's.
+    pub fn new(mirror: Option<&str>, security_mirror: Option<&str>) -> Self {
         let mut packages: Vec<String> = PACKAGES
             .lines()
             .map(str::trim)
@@ -45,20 +58,55 @@ impl BaseSpec {
             .collect();
         packages.sort();
         packages.dedup();
+        let mirror = mirror.unwrap_or(DEFAULT_MIRROR).trim_end_matches('/').to_string();
+        let security_mirror = match security_mirror {
+            Some(m) => m.trim_end_matches('/').to_string(),
+            None => match mirror.strip_suffix("/debian") {
+                Some(prefix) => format!("{prefix}/debian-security"),
+                None => DEFAULT_SECURITY_MIRROR.to_string(),
+            },
+        };
         BaseSpec {
             suite: SUITE.to_string(),
-            mirror: mirror.unwrap_or(DEFAULT_MIRROR).trim_end_matches('/').to_string(),
+            mirror,
+            security_mirror,
             packages,
         }
+    }
+
+    /// The release, its stable updates and its security fixes: a rebuilt base carries the
+    /// fixes published by the day it was built.
+    pub fn sources(&self) -> Vec<Source> {
+        vec![
+            Source {
+                mirror: self.mirror.clone(),
+                suite: self.suite.clone(),
+            },
+            Source {
+                mirror: self.mirror.clone(),
+                suite: format!("{}-updates", self.suite),
+            },
+            Source {
+                mirror: self.security_mirror.clone(),
+                suite: format!("{}-security", self.suite),
+            },
+        ]
+    }
+
+    fn apt_lines(&self) -> Vec<String> {
+        self.sources()
+            .iter()
+            .map(|s| format!("deb {} {} main", s.mirror, s.suite))
+            .collect()
     }
 
     /// Every input, as text: hashed for the cache key and kept beside the cached tarball so
     /// a rebuild can say what changed.
     pub fn manifest(&self) -> String {
         format!(
-            "recipe = {RECIPE}\nsuite = {}\nmirror = {}\nvariant = minbase\ndpkg = {}\npackages = {}\ncustomize.sh sha256 = {}\n",
+            "recipe = {RECIPE}\nsuite = {}\nsources = {}\nvariant = minbase\ndpkg = {}\npackages = {}\ncustomize.sh sha256 = {}\n",
             self.suite,
-            self.mirror,
+            self.apt_lines().join(" | "),
             DPKG_OPTIONS.join(" "),
             self.packages.join(" "),
             hex::encode(Sha256::digest(CUSTOMIZE.as_bytes())),
@@ -125,7 +173,7 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
     cmd.arg(format!("--customize-hook=sh {} \"$1\"", hook.display()))
         .arg(&spec.suite)
         .arg(&out)
-        .arg(format!("deb {} {} main", spec.mirror, spec.suite))
+        .args(spec.apt_lines())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -138,8 +186,9 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
             || tail.contains("Connection refused")
         {
             format!(
-                "\n  the Debian mirror {} could not be reached; pass --debian-mirror URL for a mirror you can reach",
-                spec.mirror
+                "\n  the Debian mirror {} or {} could not be reached; pass --debian-mirror URL (and \
+                 --debian-security-mirror URL) for mirrors you can reach",
+                spec.mirror, spec.security_mirror
             )
         } else {
             String::new()
@@ -156,6 +205,45 @@ pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result
     )?;
     fs::rename(&out, &tarball).with_context(|| format!("moving the base into the cache at {}", tarball.display()))?;
     Ok(tarball)
+}
+
+/// One installed Debian package, as dpkg records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+}
+
+/// The packages dpkg lists as installed in the base tarball, sorted by name.
+pub fn installed_packages(base_tar: &Path) -> Result<Vec<Package>> {
+    const STATUS: &str = "var/lib/dpkg/status";
+    let files = super::compose::read_files(base_tar, |p| p == STATUS)
+        .with_context(|| format!("reading the package list of {}", base_tar.display()))?;
+    Ok(parse_dpkg_status(&String::from_utf8_lossy(&files[STATUS])))
+}
+
+fn parse_dpkg_status(text: &str) -> Vec<Package> {
+    let mut packages: Vec<Package> = text
+        .split("\n\n")
+        .filter_map(|stanza| {
+            let field = |name: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            };
+            // Removed packages whose configuration files remain are not on the image.
+            let installed = field("Status")?.ends_with(" installed");
+            installed.then_some(Package {
+                name: field("Package")?,
+                version: field("Version")?,
+                architecture: field("Architecture")?,
+            })
+        })
+        .collect();
+    packages.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
+    packages
 }
 
 fn newest_manifest(dir: &Path) -> Option<(PathBuf, String)> {
@@ -195,13 +283,52 @@ mod tests {
 
     #[test]
     fn key_follows_every_input() {
-        let a = BaseSpec::new(None);
-        assert_eq!(a.key(), BaseSpec::new(None).key());
-        assert_ne!(a.key(), BaseSpec::new(Some("http://mirror.lan/debian")).key());
+        let a = BaseSpec::new(None, None);
+        assert_eq!(a.key(), BaseSpec::new(None, None).key());
+        assert_ne!(a.key(), BaseSpec::new(Some("http://mirror.lan/debian"), None).key());
+        assert_ne!(
+            a.key(),
+            BaseSpec::new(None, Some("http://security.debian.org/debian-security")).key()
+        );
         let mut b = a.clone();
         b.packages.push("vim".into());
         assert_ne!(a.key(), b.key());
         assert!(a.packages.contains(&"linux-image-amd64".to_string()));
         assert!(a.manifest().contains("customize.sh sha256 = "));
+    }
+
+    #[test]
+    fn dpkg_status_lists_only_installed_packages() {
+        let status = "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.3.dfsg+really1.3.1-1+b1\n\n\
+                      Package: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1\n\n\
+                      Package: adduser\nStatus: install ok installed\nPriority: important\nArchitecture: all\nVersion: 3.152\n";
+        let p = parse_dpkg_status(status);
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.name.as_str(), p.version.as_str(), p.architecture.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("adduser", "3.152", "all"),
+                ("zlib1g", "1:1.3.dfsg+really1.3.1-1+b1", "amd64")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_base_takes_updates_and_security_fixes() {
+        let lines = BaseSpec::new(None, None).apt_lines();
+        assert_eq!(
+            lines,
+            [
+                "deb http://deb.debian.org/debian trixie main",
+                "deb http://deb.debian.org/debian trixie-updates main",
+                "deb http://deb.debian.org/debian-security trixie-security main",
+            ]
+        );
+        // An apt cache in front of Debian serves the security archive beside the main one.
+        let cached = BaseSpec::new(Some("http://cache.lan:3142/debian/"), None);
+        assert_eq!(cached.security_mirror, "http://cache.lan:3142/debian-security");
+        let other = BaseSpec::new(Some("http://mirror.lan/pub/deb"), None);
+        assert_eq!(other.security_mirror, DEFAULT_SECURITY_MIRROR);
     }
 }

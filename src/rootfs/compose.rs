@@ -17,6 +17,10 @@ use crate::artifacts::oci::layout;
 use crate::artifacts::oci::pull::Pulled;
 use crate::render::{NodeFile, Rendered, UNIT_DIR};
 
+/// Where each node image carries its own bill of materials (the same bytes as
+/// `out/<node>.cdx.json`).
+pub const BOM_PATH: &str = "/usr/share/kubestick/bom.cdx.json";
+
 /// Where an item's bytes come from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -40,6 +44,8 @@ pub struct Stats {
     pub replaced: u64,
     pub added: u64,
     pub bytes: u64,
+    /// The time every added file carries and no file is newer than (seconds since 1970).
+    pub epoch: u64,
 }
 
 /// Image path → normalised key.
@@ -176,7 +182,7 @@ fn add_tree(layer: &mut Layer, dir: &Path, prefix: &str) -> Result<()> {
 }
 
 pub fn overlay_layer() -> Layer {
-    OVERLAYS
+    let mut layer: Layer = OVERLAYS
         .iter()
         .map(|(path, o)| {
             let item = match o {
@@ -190,7 +196,11 @@ pub fn overlay_layer() -> Layer {
             };
             (key(path), item)
         })
-        .collect()
+        .collect();
+    // Each node image's bill of materials is written here when the node's image is made.
+    let bom_dir = Path::new(BOM_PATH).parent().expect("BOM_PATH has a directory");
+    layer.insert(key(&bom_dir.to_string_lossy()), Item::Dir { mode: 0o755 });
+    layer
 }
 
 /// The rendered files and units every node shares.
@@ -225,8 +235,11 @@ pub fn rendered_layer(rendered: &Rendered) -> Layer {
     layer
 }
 
-/// Writes `base` with `layers` applied (later layers win) to `out`.
-pub fn compose(base: &Path, layers: &[Layer], mtime: u64, out: &Path) -> Result<Stats> {
+/// Writes `base` with `layers` applied (later layers win) to `out`. Every time in it comes
+/// from the inputs, never the clock: the added files carry `source_date_epoch` (and no base
+/// file is left newer, as reproducible-builds.org asks of SOURCE_DATE_EPOCH) or, without
+/// one, the newest time in the base: the day the cached base was built.
+pub fn compose(base: &Path, layers: &[Layer], source_date_epoch: Option<u64>, out: &Path) -> Result<Stats> {
     let mut merged = Layer::new();
     for layer in layers {
         merged.extend(layer.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -267,6 +280,12 @@ pub fn compose(base: &Path, layers: &[Layer], mtime: u64, out: &Path) -> Result<
             builder.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
         }
         let mut header = entry.header().clone();
+        let mtime = header.mtime().unwrap_or(0);
+        match source_date_epoch {
+            Some(epoch) if mtime > epoch => header.set_mtime(epoch),
+            Some(_) => {}
+            None => stats.epoch = stats.epoch.max(mtime),
+        }
         stats.base_entries += 1;
         stats.bytes += header.size().unwrap_or(0);
         // Long names and link targets were folded into the header by the reader; write
@@ -280,6 +299,10 @@ pub fn compose(base: &Path, layers: &[Layer], mtime: u64, out: &Path) -> Result<
         }
     }
 
+    if let Some(epoch) = source_date_epoch {
+        stats.epoch = epoch;
+    }
+    let mtime = stats.epoch;
     for (path, item) in &merged {
         // Parents the base does not have are created root-owned, 0755.
         let mut parent = Path::new(path).parent();
@@ -365,7 +388,8 @@ pub fn read_files(tarball: &Path, wanted: impl Fn(&str) -> bool) -> Result<BTree
     let mut archive = tar::Archive::new(BufReader::new(
         File::open(tarball).with_context(|| format!("opening {}", tarball.display()))?,
     ));
-    for entry in archive.entries()? {
+    // Seeking past the entries not wanted: the base is hundreds of MiB.
+    for entry in archive.entries_with_seek()? {
         let mut entry = entry?;
         let path = key(&String::from_utf8_lossy(&entry.path_bytes()));
         if entry.header().entry_type().is_file() && wanted(&path) {

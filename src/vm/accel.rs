@@ -221,6 +221,7 @@ mod tests {
                 label: "EFI",
                 volume_id: 1,
                 bytes_per_cluster: 1024,
+                epoch: 0,
             },
             &[("vmlinuz".into(), b"a kernel".as_slice())],
         )
