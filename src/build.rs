@@ -382,7 +382,7 @@ fn base_image(
 
 /// Every file kubestick puts on a node's image, for its bill of materials: overlays, the
 /// rendered files every node shares, the units, and the node's own (CIDATA and its files).
-fn bom_files(rendered: &Rendered, node: &render::RenderedNode) -> Vec<bom::FileEntry> {
+pub fn bom_files(rendered: &Rendered, node: &render::RenderedNode) -> Vec<bom::FileEntry> {
     let mut files: Vec<bom::FileEntry> = crate::rootfs::overlays::OVERLAYS
         .iter()
         .filter_map(|(path, o)| match o {

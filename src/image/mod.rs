@@ -251,7 +251,7 @@ pub fn build_node(base: &Base, cluster: &str, node: &RenderedNode, bom: &[u8], o
 
 /// Writes `data` as `path` (root-owned, 0644, dated `epoch`) into the ext4 filesystem at
 /// `offset` in `image`, with e2fsprogs' debugfs: no mount, no root.
-fn write_root_file(image: &Path, offset: u64, path: &str, data: &[u8], epoch: u64) -> Result<()> {
+pub fn write_root_file(image: &Path, offset: u64, path: &str, data: &[u8], epoch: u64) -> Result<()> {
     let debugfs = tools::require("debugfs", "write into the root filesystem", "e2fsprogs")?;
     let scratch = tempfile::tempdir()?;
     let local = scratch.path().join("file");

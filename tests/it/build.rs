@@ -249,11 +249,15 @@ fn node_images_share_the_base_and_differ_only_in_identity() {
         hash(&b, pb[0].start, pb[0].size),
         "ESPs differ"
     );
-    assert_eq!(
-        hash(&a, pa[2].start, pa[2].size),
-        hash(&b, pb[2].start, pb[2].size),
-        "root filesystems differ"
-    );
+    // The root filesystems are one base each, plus each node's own bill of materials.
+    for (image, part, node) in [(&a, &pa[2], "optiplex-1"), (&b, &pb[2], "optiplex-3")] {
+        assert_eq!(
+            bom_in_image(image, part.start),
+            fs::read(out.join(format!("{node}.cdx.json"))).unwrap(),
+            "{} carries another bill of materials than out/{node}.cdx.json",
+            image.display()
+        );
+    }
     assert_ne!(
         hash(&a, pa[1].start, pa[1].size),
         hash(&b, pb[1].start, pb[1].size),
@@ -556,4 +560,364 @@ fn workers_carry_no_control_plane_images() {
     let (_, cp) = carried_layout(&s.path("out/optiplex-2.img"), &s.path("layout-cp"));
     assert_eq!(cp, lock_names(|_| true));
     assert!(cp.iter().any(|n| n.starts_with("registry.k8s.io/kube-apiserver:")));
+}
+
+/// /usr/share/kubestick/bom.cdx.json from the root filesystem at `offset` in `image`.
+fn bom_in_image(image: &Path, offset: u64) -> Vec<u8> {
+    let root = format!("{}?offset={offset}", image.display());
+    let out = run_tool("debugfs", &["-R", "cat /usr/share/kubestick/bom.cdx.json", &root]);
+    assert!(out.status.success());
+    let stat = run_tool("debugfs", &["-R", "stat /usr/share/kubestick/bom.cdx.json", &root]);
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    assert!(
+        stat.contains("Mode:  0644") && stat.contains("User:     0   Group:     0"),
+        "{stat}"
+    );
+    out.stdout
+}
+
+/// Where two files first differ in each 1 MiB block that differs, named by partition:
+/// "root +0x400 (image offset 0x9100400)".
+fn differing_places(a: &Path, b: &Path) -> Vec<String> {
+    use std::io::Read as _;
+    let parts = partitions(a);
+    let place = |offset: u64| -> String {
+        let (name, start) = parts
+            .iter()
+            .find(|p| (p.start..p.start + p.size).contains(&offset))
+            .map_or(("outside any partition (GPT)", 0), |p| (p.name.as_str(), p.start));
+        format!("{name} +{:#x} (image offset {offset:#x})", offset - start)
+    };
+    let (mut fa, mut fb) = (fs::File::open(a).unwrap(), fs::File::open(b).unwrap());
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut places = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let na = fa.read(&mut ba).unwrap();
+        let nb = fb.read(&mut bb[..na.max(1)]).unwrap();
+        if na == 0 && nb == 0 {
+            break;
+        }
+        if na != nb {
+            places.push(format!("the sizes differ from {}", place(offset)));
+            break;
+        }
+        if let Some(i) = (0..na).find(|&i| ba[i] != bb[i]) {
+            places.push(place(offset + i as u64));
+        }
+        offset += na as u64;
+    }
+    places
+}
+
+/// `build` with the given environment and umask into `out`, with a cache that has the
+/// shared base tarball (hard-linked) but no base image yet, so the images are made afresh.
+fn fresh_build(s: &Scratch, out: &Path, cache: &Path, tz: &str, umask: &str) {
+    built(); // the shared cache holds the Debian base by now
+    fs::create_dir_all(cache).unwrap();
+    let status = Command::new("cp")
+        .arg("-al")
+        .arg(shared_cache().join("rootfs"))
+        .arg(cache.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let args = build_args(s, out, cache, &doubles().join("mirror"));
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(assert_cmd::cargo::cargo_bin("kubestick"))
+        .args(&args)
+        .arg("--state")
+        .arg(s.path("cluster.secrets"))
+        .env("TZ", tz)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn two_builds_of_the_same_inputs_are_byte_identical() {
+    let s = Scratch::new();
+    fresh_build(&s, &s.path("out-a"), &s.path("cache-a"), "UTC", "022");
+    // Every input touched, another time zone and umask, another output directory and cache.
+    let status = Command::new("find")
+        .arg(s.path("cluster.toml"))
+        .arg(s.path("cluster.secrets"))
+        .arg(doubles())
+        .args(["-exec", "touch", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fresh_build(&s, &s.path("out-b"), &s.path("cache-b"), "Asia/Tokyo", "077");
+
+    let sums = |dir: &str| fs::read_to_string(s.path(dir).join("SHA256SUMS")).unwrap();
+    let mut report = Vec::new();
+    for line in sums("out-a").lines() {
+        let name = line.split_whitespace().nth(1).unwrap();
+        let places = differing_places(&s.path("out-a").join(name), &s.path("out-b").join(name));
+        if !places.is_empty() {
+            report.push(format!("{name} differs at: {}", places.join(", ")));
+        }
+    }
+    assert!(report.is_empty(), "the builds are not reproducible:\n{}", report.join("\n"));
+    assert_eq!(sums("out-a"), sums("out-b"));
+    for node in ["optiplex-1", "optiplex-2", "optiplex-3"] {
+        let bom = |dir: &str| fs::read(s.path(dir).join(format!("{node}.cdx.json"))).unwrap();
+        assert_eq!(bom("out-a"), bom("out-b"), "{node}.cdx.json differs");
+    }
+}
+
+#[test]
+fn the_differing_places_are_named_by_partition_and_offset() {
+    // The comparison the reproducibility test relies on, shown to find a flipped byte.
+    let (_, out) = built();
+    let s = Scratch::new();
+    let copy = s.path("copy.img");
+    fs::copy(out.join("optiplex-1.img"), &copy).unwrap();
+    let root = &partitions(&copy)[2];
+    {
+        use std::io::{Seek as _, SeekFrom, Write as _};
+        let mut f = fs::OpenOptions::new().write(true).open(&copy).unwrap();
+        f.seek(SeekFrom::Start(root.start + 0x438)).unwrap();
+        f.write_all(&[0xff]).unwrap();
+    }
+    assert_eq!(
+        differing_places(&out.join("optiplex-1.img"), &copy),
+        [format!("root +0x438 (image offset {:#x})", root.start + 0x438)]
+    );
+}
+
+/// scripts/validate-bom.py (CycloneDX's Python library, strict schema) on `files`.
+fn validate_bom(files: &[PathBuf]) -> (bool, String) {
+    let python = repo().join("target/test-tools/venv/bin/python");
+    assert!(python.exists(), "{} is missing: run `make test-deps`", python.display());
+    let out = Command::new(python)
+        .arg(repo().join("scripts/validate-bom.py"))
+        .args(files)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn every_image_has_a_valid_cyclonedx_bill_of_materials() {
+    let (_, out) = built();
+    let boms: Vec<PathBuf> = ["optiplex-1", "optiplex-2", "optiplex-3"]
+        .iter()
+        .map(|n| out.join(format!("{n}.cdx.json")))
+        .collect();
+    let (ok, said) = validate_bom(&boms);
+    assert!(ok, "{said}");
+    assert_eq!(said.matches("valid CycloneDX 1.6").count(), 3, "{said}");
+
+    let bom: serde_json::Value = serde_json::from_slice(&fs::read(&boms[0]).unwrap()).unwrap();
+    let components = bom["components"].as_array().unwrap();
+    let find = |r: &str| components.iter().find(|c| c["bom-ref"] == r);
+    let prop = |name: &str| -> Vec<String> {
+        bom["metadata"]["properties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == name)
+            .map(|p| p["value"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Debian packages, as dpkg has them in the image.
+    let kernel = find("package:linux-image-amd64:amd64").expect("the kernel package");
+    assert!(
+        kernel["purl"]
+            .as_str()
+            .unwrap()
+            .starts_with("pkg:deb/debian/linux-image-amd64@"),
+        "{kernel}"
+    );
+    let packages = components.iter().filter(|c| c["type"] == "library").count();
+    assert!(packages > 100, "only {packages} packages");
+    // Every artifact and image of the lock the node carries, with the lock's digests.
+    let lock_path = doubles().join("artifacts.lock");
+    let lock: toml::Value = toml::from_str(&fs::read_to_string(&lock_path).unwrap()).unwrap();
+    for a in lock["artifact"].as_array().unwrap() {
+        if a.get("kubernetes").is_some_and(|k| k.as_str() != Some("1.36.4")) {
+            continue;
+        }
+        let name = a["name"].as_str().unwrap();
+        let c = find(&format!("artifact:{name}")).unwrap_or_else(|| panic!("artifact {name} missing"));
+        assert_eq!(c["externalReferences"][0]["url"].as_str(), a["url"].as_str(), "{name}");
+        if let Some(digest) = a.get("digest").and_then(|d| d.as_str()) {
+            assert_eq!(
+                c["hashes"][0]["content"].as_str().unwrap(),
+                digest.split_once(':').unwrap().1,
+                "{name}"
+            );
+        }
+    }
+    for i in lock["image"].as_array().unwrap() {
+        if i.get("kubernetes").is_some_and(|k| k.as_str() != Some("1.36.4")) {
+            continue;
+        }
+        let name = i["name"].as_str().unwrap();
+        let c = find(&format!("image:{name}")).unwrap_or_else(|| panic!("image {name} missing from the BOM"));
+        assert_eq!(c["type"], "container");
+        assert!(c["purl"].as_str().unwrap().starts_with("pkg:oci/"), "{c}");
+        assert_eq!(
+            c["hashes"][0]["content"].as_str(),
+            i["digest"].as_str().and_then(|d| d.strip_prefix("sha256:")),
+            "{name}"
+        );
+    }
+    // Rendered files by path and hash.
+    let node_env = find("file:/etc/kubestick/node.env").expect("node.env");
+    assert_eq!(
+        format!("sha256:{}", node_env["hashes"][0]["content"].as_str().unwrap()),
+        sha256(&fs::read(out.join("optiplex-1/files/etc/kubestick/node.env")).unwrap())
+    );
+    // What the build recorded.
+    assert_eq!(
+        bom["metadata"]["tools"]["components"][0]["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        prop("kubestick:lock-sha256"),
+        [sha256(&fs::read(&lock_path).unwrap()).trim_start_matches("sha256:")]
+    );
+    let sources = prop("kubestick:base-source");
+    assert!(sources.iter().any(|s| s.ends_with("/debian trixie")), "{sources:?}");
+    assert!(sources.iter().any(|s| s.ends_with(" trixie-updates")), "{sources:?}");
+    assert!(sources.iter().any(|s| s.ends_with("/debian-security trixie-security")), "{sources:?}");
+}
+
+#[test]
+fn the_bom_validator_catches_a_broken_document() {
+    let (_, out) = built();
+    let s = Scratch::new();
+    let good: serde_json::Value = serde_json::from_slice(&fs::read(out.join("optiplex-1.cdx.json")).unwrap()).unwrap();
+    let mut wrong_type = good.clone();
+    wrong_type["components"][0]["type"] = "disk-image".into();
+    let mut no_name = good.clone();
+    no_name["components"][3].as_object_mut().unwrap().remove("name");
+    let mut bad_hash = good;
+    bad_hash["components"][0]["hashes"] = serde_json::json!([{ "alg": "SHA-256", "content": "not hex" }]);
+    for (file, doc, says) in [
+        ("wrong-type.json", wrong_type, "/components/0/type"),
+        ("no-name.json", no_name, "'name' is a required property"),
+        ("bad-hash.json", bad_hash, "/components/0/hashes/0/content"),
+    ] {
+        let path = s.path(file);
+        fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let (ok, said) = validate_bom(&[path]);
+        assert!(!ok, "{file} passed:\n{said}");
+        assert!(said.contains("INVALID CycloneDX 1.6") && said.contains(says), "{file}:\n{said}");
+    }
+}
+
+#[test]
+fn diff_says_what_changed_between_two_builds() {
+    let (_, out) = built();
+    let s = Scratch::new();
+    let img = out.join("optiplex-1.img");
+    // The same build, from the image and from its BOM: exit 0.
+    kubestick()
+        .arg("diff")
+        .arg(&img)
+        .arg(out.join("optiplex-1.cdx.json"))
+        .assert()
+        .code(0)
+        .stdout(predicates::str::contains("are the same"));
+    // A newer build: a security update of one package and a changed rendered file.
+    let mut newer: serde_json::Value = serde_json::from_slice(&fs::read(out.join("optiplex-1.cdx.json")).unwrap()).unwrap();
+    for c in newer["components"].as_array_mut().unwrap() {
+        if c["bom-ref"] == "package:libzstd1:amd64" {
+            c["version"] = "1.5.7+dfsg-1+deb13u9".into();
+        }
+        if c["bom-ref"] == "file:/etc/kubestick/node.env" {
+            c["hashes"][0]["content"] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into();
+        }
+    }
+    let newer_path = s.path("newer.cdx.json");
+    fs::write(&newer_path, serde_json::to_vec(&newer).unwrap()).unwrap();
+    let assert = kubestick().arg("diff").arg(&img).arg(&newer_path).assert().code(1);
+    let table = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["CHANGE", "KIND", "NAME", "OLD", "NEW"], "{table}");
+    assert!(
+        rows.iter().any(|r| r[..3] == ["changed", "package", "libzstd1:amd64"] && r[4] == "1.5.7+dfsg-1+deb13u9"),
+        "{table}"
+    );
+    assert!(
+        rows.iter().any(|r| r[..3] == ["changed", "file", "/etc/kubestick/node.env"] && r[4] == "sha256:0123456789ab"),
+        "{table}"
+    );
+    assert!(table.contains("2 changes from"), "{table}");
+    // Another node's image: its identity and its own files differ.
+    let assert = kubestick()
+        .arg("diff")
+        .arg(&img)
+        .arg(out.join("optiplex-2.img"))
+        .assert()
+        .code(1);
+    let table = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(table.contains("changed  build") && table.contains("optiplex-2"), "{table}");
+    assert!(table.contains("CIDATA:/user-data"), "{table}");
+    // Something that is neither: exit 2, saying so.
+    kubestick()
+        .arg("diff")
+        .arg(&img)
+        .arg(out.join("SHA256SUMS"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("neither a bill of materials"));
+}
+
+#[test]
+fn source_date_epoch_sets_every_time_in_the_images() {
+    built();
+    let s = Scratch::new();
+    let cache = s.path("cache");
+    fs::create_dir_all(&cache).unwrap();
+    assert!(
+        Command::new("cp")
+            .arg("-al")
+            .arg(shared_cache().join("rootfs"))
+            .arg(cache.join("rootfs"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    build_cmd(&s, &cache, &doubles().join("mirror"))
+        .env("SOURCE_DATE_EPOCH", "not-a-date")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("SOURCE_DATE_EPOCH=\"not-a-date\""));
+    build_cmd(&s, &cache, &doubles().join("mirror"))
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .timeout(std::time::Duration::from_secs(1200))
+        .assert()
+        .success();
+    let out = s.path("out");
+    let bom: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("optiplex-1.cdx.json")).unwrap()).unwrap();
+    assert_eq!(bom["metadata"]["timestamp"], "2023-11-14T22:13:20Z");
+    let image = out.join("optiplex-1.img");
+    let parts = partitions(&image);
+    let root = format!("{}?offset={}", image.display(), parts[2].start);
+    // A base file (clamped), an added one, and the superblock: all at the epoch.
+    for path in ["/usr/bin/cloud-init", "/usr/local/bin/kubeadm", "/usr/share/kubestick/bom.cdx.json"] {
+        let stat = String::from_utf8_lossy(&run_tool("debugfs", &["-R", &format!("stat {path}"), &root]).stdout)
+            .into_owned();
+        assert!(stat.contains("mtime: 0x6553f100"), "{path}:\n{stat}");
+    }
+    let sb = run_tool("debugfs", &["-R", "stats", &root]);
+    let sb = String::from_utf8_lossy(&sb.stdout).into_owned() + &String::from_utf8_lossy(&sb.stderr);
+    assert!(sb.contains("Filesystem created:       Tue Nov 14 22:13:20 2023"), "{sb}");
+    // FAT entries: mtools lists the ESP's files with the epoch's date.
+    let esp = s.path("esp.img");
+    extract(&image, &parts[0], &esp);
+    let listing = run_tool("mdir", &["-i", esp.to_str().unwrap(), "::/"]);
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(listing.contains("2023-11-14"), "{listing}");
 }
