@@ -223,6 +223,9 @@ impl Renderer {
             ("/usr/local/lib/kubestick/bootstrap", MODE_EXEC, "firstboot/bootstrap"),
             ("/usr/local/lib/kubestick/status", MODE_EXEC, "firstboot/status"),
             ("/usr/local/lib/kubestick/addons", MODE_EXEC, "firstboot/addons"),
+            ("/usr/local/lib/kubestick/certs", MODE_EXEC, "firstboot/certs"),
+            // Sourced by bootstrap and certs.
+            ("/usr/local/lib/kubestick/turn", MODE_FILE, "firstboot/turn"),
             (
                 "/etc/udev/rules.d/90-kubestick-flannel.rules",
                 MODE_FILE,
@@ -254,6 +257,8 @@ impl Renderer {
             "firstboot/kubestick-addons.service",
             "firstboot/kubestick-status.service",
             "firstboot/kubestick-status.timer",
+            "firstboot/kubestick-certs.service",
+            "firstboot/kubestick-certs.timer",
         ]
         .iter()
         .map(|t| {

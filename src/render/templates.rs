@@ -69,6 +69,16 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../templates/firstboot/kubestick-storage.service"),
     ),
     ("firstboot/status", include_str!("../../templates/firstboot/status")),
+    ("firstboot/certs", include_str!("../../templates/firstboot/certs")),
+    ("firstboot/turn", include_str!("../../templates/firstboot/turn")),
+    (
+        "firstboot/kubestick-certs.service",
+        include_str!("../../templates/firstboot/kubestick-certs.service"),
+    ),
+    (
+        "firstboot/kubestick-certs.timer",
+        include_str!("../../templates/firstboot/kubestick-certs.timer"),
+    ),
     ("firstboot/storage", include_str!("../../templates/firstboot/storage")),
     (
         "ignition/config.ign",
