@@ -661,7 +661,11 @@ fn two_builds_of_the_same_inputs_are_byte_identical() {
             report.push(format!("{name} differs at: {}", places.join(", ")));
         }
     }
-    assert!(report.is_empty(), "the builds are not reproducible:\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "the builds are not reproducible:\n{}",
+        report.join("\n")
+    );
     assert_eq!(sums("out-a"), sums("out-b"));
     for node in ["optiplex-1", "optiplex-2", "optiplex-3"] {
         let bom = |dir: &str| fs::read(s.path(dir).join(format!("{node}.cdx.json"))).unwrap();
@@ -788,7 +792,10 @@ fn every_image_has_a_valid_cyclonedx_bill_of_materials() {
     let sources = prop("kubestick:base-source");
     assert!(sources.iter().any(|s| s.ends_with("/debian trixie")), "{sources:?}");
     assert!(sources.iter().any(|s| s.ends_with(" trixie-updates")), "{sources:?}");
-    assert!(sources.iter().any(|s| s.ends_with("/debian-security trixie-security")), "{sources:?}");
+    assert!(
+        sources.iter().any(|s| s.ends_with("/debian-security trixie-security")),
+        "{sources:?}"
+    );
 }
 
 #[test]
@@ -811,7 +818,10 @@ fn the_bom_validator_catches_a_broken_document() {
         fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
         let (ok, said) = validate_bom(&[path]);
         assert!(!ok, "{file} passed:\n{said}");
-        assert!(said.contains("INVALID CycloneDX 1.6") && said.contains(says), "{file}:\n{said}");
+        assert!(
+            said.contains("INVALID CycloneDX 1.6") && said.contains(says),
+            "{file}:\n{said}"
+        );
     }
 }
 
@@ -829,7 +839,8 @@ fn diff_says_what_changed_between_two_builds() {
         .code(0)
         .stdout(predicates::str::contains("are the same"));
     // A newer build: a security update of one package and a changed rendered file.
-    let mut newer: serde_json::Value = serde_json::from_slice(&fs::read(out.join("optiplex-1.cdx.json")).unwrap()).unwrap();
+    let mut newer: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("optiplex-1.cdx.json")).unwrap()).unwrap();
     for c in newer["components"].as_array_mut().unwrap() {
         if c["bom-ref"] == "package:libzstd1:amd64" {
             c["version"] = "1.5.7+dfsg-1+deb13u9".into();
@@ -845,11 +856,13 @@ fn diff_says_what_changed_between_two_builds() {
     let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows[0], ["CHANGE", "KIND", "NAME", "OLD", "NEW"], "{table}");
     assert!(
-        rows.iter().any(|r| r[..3] == ["changed", "package", "libzstd1:amd64"] && r[4] == "1.5.7+dfsg-1+deb13u9"),
+        rows.iter()
+            .any(|r| r[..3] == ["changed", "package", "libzstd1:amd64"] && r[4] == "1.5.7+dfsg-1+deb13u9"),
         "{table}"
     );
     assert!(
-        rows.iter().any(|r| r[..3] == ["changed", "file", "/etc/kubestick/node.env"] && r[4] == "sha256:0123456789ab"),
+        rows.iter()
+            .any(|r| r[..3] == ["changed", "file", "/etc/kubestick/node.env"] && r[4] == "sha256:0123456789ab"),
         "{table}"
     );
     assert!(table.contains("2 changes from"), "{table}");
@@ -861,7 +874,10 @@ fn diff_says_what_changed_between_two_builds() {
         .assert()
         .code(1);
     let table = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
-    assert!(table.contains("changed  build") && table.contains("optiplex-2"), "{table}");
+    assert!(
+        table.contains("changed  build") && table.contains("optiplex-2"),
+        "{table}"
+    );
     assert!(table.contains("CIDATA:/user-data"), "{table}");
     // Something that is neither: exit 2, saying so.
     kubestick()
@@ -899,21 +915,27 @@ fn source_date_epoch_sets_every_time_in_the_images() {
         .assert()
         .success();
     let out = s.path("out");
-    let bom: serde_json::Value =
-        serde_json::from_slice(&fs::read(out.join("optiplex-1.cdx.json")).unwrap()).unwrap();
+    let bom: serde_json::Value = serde_json::from_slice(&fs::read(out.join("optiplex-1.cdx.json")).unwrap()).unwrap();
     assert_eq!(bom["metadata"]["timestamp"], "2023-11-14T22:13:20Z");
     let image = out.join("optiplex-1.img");
     let parts = partitions(&image);
     let root = format!("{}?offset={}", image.display(), parts[2].start);
     // A base file (clamped), an added one, and the superblock: all at the epoch.
-    for path in ["/usr/bin/cloud-init", "/usr/local/bin/kubeadm", "/usr/share/kubestick/bom.cdx.json"] {
-        let stat = String::from_utf8_lossy(&run_tool("debugfs", &["-R", &format!("stat {path}"), &root]).stdout)
-            .into_owned();
+    for path in [
+        "/usr/bin/cloud-init",
+        "/usr/local/bin/kubeadm",
+        "/usr/share/kubestick/bom.cdx.json",
+    ] {
+        let stat =
+            String::from_utf8_lossy(&run_tool("debugfs", &["-R", &format!("stat {path}"), &root]).stdout).into_owned();
         assert!(stat.contains("mtime: 0x6553f100"), "{path}:\n{stat}");
     }
     let sb = run_tool("debugfs", &["-R", "stats", &root]);
     let sb = String::from_utf8_lossy(&sb.stdout).into_owned() + &String::from_utf8_lossy(&sb.stderr);
-    assert!(sb.contains("Filesystem created:       Tue Nov 14 22:13:20 2023"), "{sb}");
+    assert!(
+        sb.contains("Filesystem created:       Tue Nov 14 22:13:20 2023"),
+        "{sb}"
+    );
     // FAT entries: mtools lists the ESP's files with the epoch's date.
     let esp = s.path("esp.img");
     extract(&image, &parts[0], &esp);

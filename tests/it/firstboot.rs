@@ -51,7 +51,11 @@ const DOUBLES: &[(&str, &str)] = &[
     // The CRI client: FAKE_PODS_LEFT are the pod sandboxes a failed kubeadm reset left.
     (
         "crictl",
-        "case \"$*\" in *' pods -q'*) printf '%s' \"${FAKE_PODS_LEFT:-}\";; esac",
+        "case \"$*\" in *' pods -q'*) printf '%s' \"${FAKE_PODS_LEFT:-}\";;\n\
+         ps\\ *) n=$(echo \"$*\" | sed -n 's/.*--name ^\\([a-z-]*\\).*/\\1/p')\n\
+           [ -e \"$FAKE_DIR/stopped-$n\" ] && echo \"new-$n\" || echo \"old-$n\";;\n\
+         stop\\ *) touch \"$FAKE_DIR/stopped-${2#old-}\";;\n\
+         esac",
     ),
     // containerd's client: imports keep the tar stream; the list is what the stream's
     // index.json names, less FAKE_CTR_LOSES (an import that lost an image).
@@ -74,7 +78,8 @@ const DOUBLES: &[(&str, &str)] = &[
         "kubeadm",
         "case \"$*\" in 'join phase etcd-join '*) n=$(cat \"$FAKE_DIR/etcd-joins\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$FAKE_DIR/etcd-joins\"\n\
            [ \"$n\" -ge \"${FAKE_ETCD_JOIN_FAILS:-0}\" ] || exit 1;; esac\n\
-         case \"$1\" in kubeconfig) echo 'apiVersion: v1';; init|join) [ -z \"${FAKE_KUBEADM_FAIL:-}\" ] || exit 1;; esac",
+         case \"$1\" in kubeconfig) echo 'apiVersion: v1';; init|join) [ -z \"${FAKE_KUBEADM_FAIL:-}\" ] || exit 1;;\n\
+           certs) [ ! -x \"$FAKE_DIR/renew\" ] || \"$FAKE_DIR/renew\";; esac",
     ),
     (
         "kubectl",
@@ -1109,4 +1114,382 @@ fn bootstrap_waits_for_the_images_before_kubeadm() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("waiting for kubestick-images"), "{text}");
     assert!(commands(&m).is_empty(), "{:?}", commands(&m));
+}
+
+// kubestick-certs: the renewal decision on real certificates made by openssl, with the
+// dates each case needs; kubeadm, crictl, kubectl and systemctl are the recording doubles.
+
+/// The tests compare dates the script prints with dates computed here: a test must not
+/// straddle midnight UTC, so one started in its last half minute waits for the new day.
+fn clear_of_midnight() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = 86_400 - now % 86_400;
+    if left < 30 {
+        std::thread::sleep(std::time::Duration::from_secs(left + 1));
+    }
+}
+
+/// `date -u` of `offset` (as "+30 days") in openssl's ASN.1 time format.
+fn asn1_time(offset: &str) -> String {
+    let out = run_tool("date", &["-u", "-d", offset, "+%Y%m%d%H%M%SZ"]);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn day_of(offset: &str) -> String {
+    let out = run_tool("date", &["-u", "-d", offset, "+%Y-%m-%d"]);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn openssl(m: &Machine, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(m.path(""))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", log(&out));
+}
+
+/// A CA (ECDSA P-256, like kubestick's) valid for `days`, as `<stem>.crt` and `<stem>.key`.
+fn make_ca(m: &Machine, stem: &str, days: u32) {
+    let (crt, key) = (m.path(&format!("{stem}.crt")), m.path(&format!("{stem}.key")));
+    openssl(
+        m,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=kubernetes",
+            "-days",
+            &days.to_string(),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            crt.to_str().unwrap(),
+        ],
+    );
+}
+
+/// A certificate signed by k8s/pki/ca valid from `start` to `end` (openssl ca, which
+/// takes any dates, past ones too), as `path` (.crt) with its key beside it.
+fn issue(m: &Machine, path: &str, start: &str, end: &str) -> PathBuf {
+    let db = m.path("ca-db");
+    if !db.exists() {
+        fs::create_dir_all(&db).unwrap();
+        fs::write(db.join("index.txt"), "").unwrap();
+        fs::write(db.join("serial"), "01\n").unwrap();
+        fs::write(
+            db.join("openssl.cnf"),
+            format!(
+                "[ca]\ndefault_ca = test\n[test]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}\nserial = {d}/serial\n\
+                 default_md = sha256\npolicy = anything\nunique_subject = no\n[anything]\ncommonName = supplied\n",
+                d = db.display()
+            ),
+        )
+        .unwrap();
+    }
+    let crt = m.path(path);
+    fs::create_dir_all(crt.parent().unwrap()).unwrap();
+    let (key, csr) = (crt.with_extension("key"), crt.with_extension("csr"));
+    openssl(
+        m,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=test",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+        ],
+    );
+    openssl(
+        m,
+        &[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            db.join("openssl.cnf").to_str().unwrap(),
+            "-cert",
+            m.path("k8s/pki/ca.crt").to_str().unwrap(),
+            "-keyfile",
+            m.path("k8s/pki/ca.key").to_str().unwrap(),
+            "-startdate",
+            &asn1_time(start),
+            "-enddate",
+            &asn1_time(end),
+            "-in",
+            csr.to_str().unwrap(),
+            "-out",
+            crt.to_str().unwrap(),
+        ],
+    );
+    fs::remove_file(csr).unwrap();
+    crt
+}
+
+/// A kubeconfig whose client certificate is valid from `start` to `end`.
+fn issue_kubeconfig(m: &Machine, path: &str, start: &str, end: &str) {
+    use base64::Engine as _;
+    let crt = issue(m, &format!("{path}.crt"), start, end);
+    let data = base64::engine::general_purpose::STANDARD.encode(fs::read(&crt).unwrap());
+    fs::write(
+        m.path(path),
+        format!("apiVersion: v1\nkind: Config\nusers:\n- name: x\n  user:\n    client-certificate-data: {data}\n    client-key-data: AAAA\n"),
+    )
+    .unwrap();
+}
+
+/// A joined control-plane node whose kubeadm certificates end at `end` (and started
+/// `start`), CAs valid for `ca_days`; `kubeadm certs renew` re-issues them for a year.
+fn certs_machine(start: &str, end: &str, ca_days: u32) -> Machine {
+    clear_of_midnight();
+    let m = bootstrap_machine("cp-2", "control-plane");
+    fs::write(m.path("state/bootstrap.done"), "2026-11-24T09:10:00Z joined\n").unwrap();
+    fs::create_dir_all(m.path("k8s/pki/etcd")).unwrap();
+    make_ca(&m, "k8s/pki/ca", ca_days);
+    make_ca(&m, "k8s/pki/front-proxy-ca", 3650);
+    make_ca(&m, "k8s/pki/etcd/ca", 3650);
+    issue(&m, "k8s/pki/apiserver.crt", start, end);
+    issue(&m, "k8s/pki/etcd/server.crt", start, end);
+    issue_kubeconfig(&m, "k8s/admin.conf", start, end);
+    m
+}
+
+/// Runs kubestick-certs; after `kubeadm certs renew all` the API server's certificate is
+/// valid for a year (issued here beforehand, put in place by the doubled kubeadm).
+fn run_certs(m: &Machine, extra_env: &[(&str, &str)]) -> Output {
+    let renewed = issue(m, "renewed/apiserver.crt", "-1 minute", "+365 days");
+    fs::write(
+        m.path("renew"),
+        format!(
+            "#!/bin/sh\ncp {} {}\n",
+            renewed.display(),
+            m.path("k8s/pki/apiserver.crt").display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(m.path("renew"), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut env = vec![
+        (
+            "KUBESTICK_KUBELET_PKI",
+            m.path("kubelet-pki").to_str().unwrap().to_string(),
+        ),
+        ("KUBESTICK_SETTLE_SECONDS", "10".to_string()),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    m.run_script("certs", &env)
+}
+
+fn certs_status(m: &Machine) -> String {
+    fs::read_to_string(m.path("state/certs.status")).unwrap_or_default()
+}
+
+#[test]
+fn certificates_far_from_expiry_are_left_alone_and_reported() {
+    let m = certs_machine("-1 day", "+200 days", 3650);
+    let out = run_certs(&m, &[]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    let status = certs_status(&m);
+    assert!(
+        status.starts_with(&format!(
+            "valid until {}, renewed from {}; CAs until {}",
+            day_of("+200 days"),
+            day_of("+110 days"),
+            day_of("+3650 days")
+        )),
+        "{status}"
+    );
+    let calls = m.calls();
+    assert!(
+        !calls.contains("kubeadm certs") && !calls.contains("crictl stop"),
+        "{calls}"
+    );
+    assert!(!calls.contains("kubectl"), "no API needed to decide: {calls}");
+}
+
+#[test]
+fn certificates_within_the_margin_are_renewed_in_turn_and_the_pods_restarted_one_by_one() {
+    let m = certs_machine("-300 days", "+30 days", 3650);
+    let out = run_certs(&m, &[("FAKE_API_AFTER", "0")]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("due for renewal (expiring within 90 days): apiserver.crt etcd/server.crt admin.conf"),
+        "{text}"
+    );
+    let calls = m.calls();
+    let at = |what: &str| calls.find(what).unwrap_or_else(|| panic!("no {what} in:\n{calls}"));
+    let order = [
+        "kubectl --kubeconfig",
+        "kubeadm certs renew all --config",
+        "crictl stop old-etcd",
+        "crictl stop old-kube-apiserver",
+        "crictl stop old-kube-controller-manager",
+        "crictl stop old-kube-scheduler",
+        "delete lease kubestick-certificate-renewal",
+    ];
+    for pair in order.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "{} before {}:\n{calls}", pair[0], pair[1]);
+    }
+    assert!(text.contains("took the certificate renewal turn"), "{text}");
+    assert!(!m.path("lease").exists(), "the turn is given back");
+    assert_eq!(
+        certs_status(&m).lines().next().unwrap(),
+        format!(
+            "renewed {}: valid until {}; CAs until {}",
+            day_of("now"),
+            day_of("+365 days"),
+            day_of("+3650 days")
+        )
+    );
+    // What was in place is kept for a person to go back to.
+    assert!(m.path("state/certs-backup/pki/apiserver.crt").exists());
+    assert!(m.path("state/certs-backup/admin.conf").exists());
+}
+
+#[test]
+fn a_node_waits_while_another_renews() {
+    let m = certs_machine("-300 days", "+30 days", 3650);
+    fs::write(m.path("lease"), format!("cp-3 {} 7\n", utc_now())).unwrap();
+    let out = run_certs(&m, &[("FAKE_API_AFTER", "0")]);
+    let text = log(&out);
+    assert_eq!(out.status.code(), Some(75), "{text}");
+    assert!(
+        text.contains("waiting for cp-3 to finish renewing its certificates"),
+        "{text}"
+    );
+    assert!(!m.calls().contains("kubeadm certs"), "{}", m.calls());
+    assert!(certs_status(&m).contains("waiting for a turn"), "{}", certs_status(&m));
+}
+
+#[test]
+fn expired_certificates_are_renewed_at_once_without_the_api() {
+    // Off for more than a year: nothing answers, and nothing can until this is renewed.
+    let m = certs_machine("-400 days", "-35 days", 3650);
+    let out = run_certs(&m, &[("FAKE_API_AFTER", "1")]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "EXPIRED: apiserver.crt etcd/server.crt admin.conf (the first on {})",
+            day_of("-35 days")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("renewing without a turn"), "{text}");
+    let calls = m.calls();
+    assert!(
+        calls.contains("kubeadm certs renew all") && calls.contains("crictl stop old-kube-apiserver"),
+        "{calls}"
+    );
+    assert!(!calls.contains("lease"), "{calls}");
+    assert!(certs_status(&m).starts_with("renewed "), "{}", certs_status(&m));
+}
+
+#[test]
+fn renewal_due_while_the_api_is_still_starting_is_tried_again() {
+    let m = certs_machine("-300 days", "+30 days", 3650);
+    let out = run_certs(&m, &[]);
+    let text = log(&out);
+    assert_eq!(out.status.code(), Some(75), "{text}");
+    assert!(!m.calls().contains("kubeadm certs"), "{}", m.calls());
+    assert!(certs_status(&m).contains("waiting for the API"), "{}", certs_status(&m));
+}
+
+#[test]
+fn a_ca_near_its_end_is_reported_because_it_cannot_be_renewed() {
+    let m = certs_machine("-1 day", "+150 days", 200);
+    let out = run_certs(&m, &[]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("WARNING: the cluster CA ca.crt expires on"), "{text}");
+    let status = certs_status(&m);
+    assert!(
+        status.contains(&format!(
+            "CA ca.crt EXPIRES {} (cannot be renewed in place)",
+            day_of("+200 days")
+        )),
+        "{status}"
+    );
+}
+
+#[test]
+fn an_expired_kubelet_client_certificate_is_issued_anew() {
+    let m = certs_machine("-1 day", "+200 days", 3650);
+    fs::create_dir_all(m.path("kubelet-pki")).unwrap();
+    let old = issue(&m, "kubelet-pki/kubelet-client-2025.pem", "-400 days", "-35 days");
+    std::os::unix::fs::symlink(&old, m.path("kubelet-pki/kubelet-client-current.pem")).unwrap();
+    let out = run_certs(&m, &[]);
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    let calls = m.calls();
+    assert!(
+        calls.contains("kubeadm kubeconfig user --config")
+            && calls.contains("--org system:nodes --client-name system:node:cp-2"),
+        "{calls}"
+    );
+    assert!(calls.contains("systemctl restart kubelet"), "{calls}");
+    assert_eq!(
+        fs::read_to_string(m.path("k8s/kubelet.conf")).unwrap(),
+        "apiVersion: v1\n"
+    );
+    assert!(!m.path("kubelet-pki/kubelet-client-current.pem").exists());
+}
+
+#[test]
+fn certs_leave_nodes_alone_that_have_not_joined_or_hold_no_ca() {
+    let m = certs_machine("-300 days", "-1 day", 3650);
+    fs::remove_file(m.path("state/bootstrap.done")).unwrap();
+    let out = run_certs(&m, &[("FAKE_API_AFTER", "0")]);
+    assert!(
+        out.status.success() && log(&out).contains("not part of the cluster yet"),
+        "{}",
+        log(&out)
+    );
+    let w = certs_machine("-300 days", "-1 day", 3650);
+    fs::rename(w.path("k8s/pki/ca.key"), w.path("ca.key.elsewhere")).unwrap();
+    let out = w.run_script("certs", &[("FAKE_API_AFTER", "0")]);
+    assert!(
+        out.status.success() && log(&out).contains("not a control-plane node"),
+        "{}",
+        log(&out)
+    );
+    assert!(!m.calls().contains("kubeadm") && !w.calls().contains("kubeadm"));
+}
+
+#[test]
+fn status_shows_when_the_certificates_expire_and_were_renewed() {
+    let m = certs_machine("-300 days", "+30 days", 3650);
+    let out = run_certs(&m, &[("FAKE_API_AFTER", "0")]);
+    assert!(out.status.success(), "{}", log(&out));
+    let out = m.run_script("status", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    let status = fs::read_to_string(m.path("run/status")).unwrap();
+    assert!(
+        status.lines().last().unwrap().trim()
+            == format!(
+                "certs      renewed {}: valid until {}; CAs until {}",
+                day_of("now"),
+                day_of("+365 days"),
+                day_of("+3650 days")
+            ),
+        "{status}"
+    );
 }
