@@ -90,6 +90,18 @@ pub fn render_stage(
         output.display(),
         cluster.api_server_url()
     );
+    if let Some(end) = secrets.admin_expires() {
+        let left = end - time::OffsetDateTime::now_utc();
+        if left < secrets::credentials::ADMIN_WARN {
+            eprintln!(
+                "warning: {}/admin.conf {} on {}; `kubestick kubeconfig {}` issues a new one",
+                output.display(),
+                if left.is_negative() { "expired" } else { "expires" },
+                end.date(),
+                path.display()
+            );
+        }
+    }
     Ok(rendered)
 }
 

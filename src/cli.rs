@@ -46,6 +46,27 @@ pub enum Command {
     Check {
         /// The cluster file
         cluster: PathBuf,
+        /// Where the cluster's secrets live [default: <cluster file without .toml>.secrets/ beside it]
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The admin kubeconfig whose expiry to show [default: out/admin.conf when it exists]
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Issue a new admin kubeconfig from the cluster CA in the state directory (the old one
+    /// expires after a year; this never locks you out)
+    Kubeconfig {
+        /// The cluster file
+        cluster: PathBuf,
+        /// Where to write it (`-` for standard output)
+        #[arg(short, long, default_value = "out/admin.conf")]
+        output: PathBuf,
+        /// Where the cluster's secrets live [default: <cluster file without .toml>.secrets/ beside it]
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Days the credential is valid for (at most until the cluster CA ends)
+        #[arg(long, value_name = "DAYS", default_value_t = 365)]
+        validity: u32,
     },
     /// Build one bootable disk image per node (out/<node>.img), out/SHA256SUMS, the rendered
     /// configuration and the admin kubeconfig
@@ -243,7 +264,17 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
             print!("{EXAMPLE}");
             Ok(())
         }
-        Command::Check { cluster } => check(&cluster, styled),
+        Command::Check {
+            cluster,
+            state,
+            kubeconfig,
+        } => check(&cluster, state, kubeconfig, styled),
+        Command::Kubeconfig {
+            cluster,
+            output,
+            state,
+            validity,
+        } => kubeconfig(&cluster, &output, state, validity, styled),
         Command::Render { cluster, output, state } => render(&cluster, &output, state, styled).map(drop),
         Command::Build {
             cluster,
@@ -292,10 +323,72 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
     }
 }
 
-fn check(path: &Path, styled: bool) -> Result<()> {
+fn check(path: &Path, state: Option<PathBuf>, kubeconfig: Option<PathBuf>, styled: bool) -> Result<()> {
+    use crate::secrets::credentials;
     let lock = Lock::embedded();
     let cluster = crate::build::load_cluster(path, &lock, styled)?;
     print!("{}", spec::plan(&cluster));
+    let state = state.unwrap_or_else(|| crate::secrets::default_dir(path));
+    if !state.exists() {
+        println!(
+            "Credentials: none yet (the first `kubestick build` creates them in {}).",
+            state.display()
+        );
+        return Ok(());
+    }
+    let secrets = crate::secrets::load(&state)?;
+    let kubeconfig = kubeconfig.or_else(|| Some(PathBuf::from("out/admin.conf")).filter(|p| p.exists()));
+    let now = time::OffsetDateTime::now_utc();
+    println!("Credentials (the nodes renew their own certificates):");
+    for e in credentials::expiries(&secrets, kubeconfig.as_deref())? {
+        let fix = if e.warn == credentials::CA_WARN {
+            "a CA cannot be renewed in place; plan a new cluster (new secrets) before then".to_string()
+        } else {
+            format!("issue a new one with `kubestick kubeconfig {}`", path.display())
+        };
+        println!("  {:<40} {}", e.what, e.describe(now, &fix));
+    }
+    Ok(())
+}
+
+fn kubeconfig(path: &Path, output: &Path, state: Option<PathBuf>, days: u32, styled: bool) -> Result<()> {
+    use crate::secrets::credentials;
+    let lock = Lock::embedded();
+    let cluster = crate::build::load_cluster(path, &lock, styled)?;
+    let state = state.unwrap_or_else(|| crate::secrets::default_dir(path));
+    if !state.exists() {
+        return Err(BadInput(format!(
+            "{} does not exist: the cluster has no secrets yet
+  fix: pass --state DIR for the \
+             directory `kubestick build` created, or build the cluster first",
+            state.display()
+        ))
+        .into());
+    }
+    let secrets = crate::secrets::load(&state)?;
+    let admin = credentials::issue_admin(&secrets, days, time::OffsetDateTime::now_utc())?;
+    let text = secrets.kubeconfig(&admin, &cluster.name, &cluster.api_server_url());
+    let until = crate::secrets::pki::inspect(&admin.cert_pem)?.not_after.date();
+    if output == Path::new("-") {
+        print!("{text}");
+    } else {
+        if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        crate::fsx::write_atomic(output, text.as_bytes(), crate::fsx::SECRET_MODE)?;
+        eprintln!(
+            "Wrote {}: administrator of {} at {}, valid until {until} (mode 0600; keep it private).",
+            output.display(),
+            cluster.name,
+            cluster.api_server_url()
+        );
+    }
+    if credentials::keep_if_longer(&secrets, &admin)? {
+        eprintln!(
+            "Kept it in {} too: later builds write it to out/admin.conf.",
+            state.join("pki/admin.crt").display()
+        );
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! missing or damaged secret is an error with instructions, never silently replaced:
 //! replacing the CA would strand every node already flashed.
 
+pub mod credentials;
 pub mod pki;
 mod token;
 
@@ -121,9 +122,7 @@ fn write_new_state(dir: &Path, cluster_name: &str) -> Result<()> {
     let front_proxy_ca = pki::new_ca("front-proxy-ca", now)?;
     let etcd_ca = pki::new_ca("etcd-ca", now)?;
     let sa = pki::new_key_pair()?;
-    // kubeadm (1.29+) binds this group to cluster-admin; unlike system:masters it can be
-    // revoked by deleting that binding.
-    let admin = pki::new_client(&ca, "kubernetes-admin", "kubeadm:cluster-admins", now)?;
+    let admin = pki::new_admin(&ca, now, pki::CLIENT_VALIDITY)?;
     let token =
         BootstrapToken::generate().map_err(|_| anyhow::anyhow!("the system's random number generator failed"))?;
 
@@ -258,6 +257,11 @@ pub fn loose_permissions(dir: &Path) -> Vec<PathBuf> {
 impl Secrets {
     /// A kubeconfig for the cluster's administrator, pointing at `server` (the API VIP).
     pub fn admin_kubeconfig(&self, cluster_name: &str, server: &str) -> String {
+        self.kubeconfig(&self.admin, cluster_name, server)
+    }
+
+    /// A kubeconfig with the client certificate `client` (signed by this cluster's CA).
+    pub fn kubeconfig(&self, client: &CertKey, cluster_name: &str, server: &str) -> String {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
         let user = format!("{cluster_name}-admin");
         format!(
@@ -272,8 +276,8 @@ impl Secrets {
              current-context: {user}@{cluster_name}\n\
              preferences: {{}}\n",
             ca = b64(&self.ca.cert_pem),
-            cert = b64(&self.admin.cert_pem),
-            key = b64(&self.admin.key_pem),
+            cert = b64(&client.cert_pem),
+            key = b64(&client.key_pem),
         )
     }
 

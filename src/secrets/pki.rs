@@ -63,12 +63,13 @@ pub fn new_ca(common_name: &str, now: OffsetDateTime) -> Result<CertKey, PkiErro
     })
 }
 
-/// A client certificate signed by `ca` (used for the admin kubeconfig).
+/// A client certificate signed by `ca`, valid for `validity` (used for the admin kubeconfig).
 pub fn new_client(
     ca: &CertKey,
     common_name: &str,
     organization: &str,
     now: OffsetDateTime,
+    validity: Duration,
 ) -> Result<CertKey, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
@@ -80,12 +81,18 @@ pub fn new_client(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = now - BACKDATE;
-    params.not_after = now + CLIENT_VALIDITY;
+    params.not_after = now + validity;
     let cert = params.signed_by(&key, &issuer)?;
     Ok(CertKey {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// The cluster administrator's client certificate. kubeadm (1.29+) binds this group to
+/// cluster-admin; unlike system:masters it can be revoked by deleting that binding.
+pub fn new_admin(ca: &CertKey, now: OffsetDateTime, validity: Duration) -> Result<CertKey, PkiError> {
+    new_client(ca, "kubernetes-admin", "kubeadm:cluster-admins", now, validity)
 }
 
 pub fn new_key_pair() -> Result<KeyPairPem, PkiError> {
@@ -163,7 +170,7 @@ mod tests {
         let ca = new_ca("kubernetes", now).unwrap();
         let info = check_pair(&ca, true).unwrap();
         assert!(info.is_ca);
-        let admin = new_client(&ca, "kubernetes-admin", "kubeadm:cluster-admins", now).unwrap();
+        let admin = new_client(&ca, "kubernetes-admin", "kubeadm:cluster-admins", now, CLIENT_VALIDITY).unwrap();
         let info = check_pair(&admin, false).unwrap();
         assert!(!info.is_ca);
         assert!(check_pair(&admin, true).is_err());

@@ -152,3 +152,128 @@ fn admin_kubeconfig_uses_the_vip_and_a_certificate_from_the_cluster_ca() {
         "{subject}"
     );
 }
+
+/// openssl's view of the client certificate inside a kubeconfig: subject and end date.
+fn kubeconfig_cert(s: &Scratch, kubeconfig: &std::path::Path) -> (String, String) {
+    use base64::Engine as _;
+    let text = fs::read_to_string(kubeconfig).unwrap();
+    let data = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client-certificate-data: "))
+        .unwrap();
+    let pem = s.path("client.crt");
+    fs::write(&pem, base64::engine::general_purpose::STANDARD.decode(data).unwrap()).unwrap();
+    // Signed by the cluster CA in the state directory.
+    assert_tool_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            s.path("homelab.secrets/pki/ca.crt").to_str().unwrap(),
+            pem.to_str().unwrap(),
+        ],
+    );
+    let out = run_tool(
+        "openssl",
+        &["x509", "-noout", "-subject", "-enddate", "-in", pem.to_str().unwrap()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |p: &str| text.lines().find_map(|l| l.strip_prefix(p)).unwrap().to_string();
+    (field("subject="), field("notAfter="))
+}
+
+fn date_in(days: i64) -> String {
+    let out = run_tool("date", &["-u", "-d", &format!("+{days} days"), "+%b %e"]);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn kubeconfig_issues_a_new_admin_credential_from_the_ca() {
+    let s = Scratch::new();
+    let file = s.example_with_secrets("homelab");
+    let conf = s.path("fresh/admin.conf");
+    let assert = kubestick()
+        .args([
+            "kubeconfig",
+            file.to_str().unwrap(),
+            "-o",
+            conf.to_str().unwrap(),
+            "--validity",
+            "20",
+        ])
+        .assert()
+        .success();
+    let said = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(
+        said.contains("administrator of homelab at https://192.168.1.10:6443"),
+        "{said}"
+    );
+    assert_eq!(mode(&conf), 0o600);
+    let (subject, end) = kubeconfig_cert(&s, &conf);
+    assert!(
+        subject.contains("O = kubeadm:cluster-admins") && subject.contains("CN = kubernetes-admin"),
+        "{subject}"
+    );
+    // 20 days from now (the day before, had midnight passed within the second it took).
+    assert!(end.starts_with(&date_in(20)) || end.starts_with(&date_in(19)), "{end}");
+    let text = fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("server: https://192.168.1.10:6443"), "{text}");
+    // A short credential leaves the state's longer one alone; `check` warns about this one.
+    assert!(!s.path("homelab.secrets/pki/admin.crt.old").exists());
+    let assert = kubestick()
+        .args(["check", file.to_str().unwrap(), "--kubeconfig", conf.to_str().unwrap()])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(out.contains("cluster CA") && out.contains("etcd CA"), "{out}");
+    let line = out.lines().find(|l| l.contains("fresh/admin.conf")).unwrap();
+    assert!(
+        line.contains("days left): issue a new one with `kubestick kubeconfig"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_longer_credential_is_kept_for_later_builds_and_to_stdout() {
+    let s = Scratch::new();
+    let file = s.example_with_secrets("homelab");
+    let assert = kubestick()
+        .args(["kubeconfig", file.to_str().unwrap(), "-o", "-", "--validity", "1000"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(stdout.starts_with("apiVersion: v1\nkind: Config\n"), "{stdout}");
+    assert!(s.path("homelab.secrets/pki/admin.crt.old").exists());
+    // The next render writes the new credential as out/admin.conf.
+    render(&file, &s.path("out")).success();
+    let (_, end) = kubeconfig_cert(&s, &s.path("out/admin.conf"));
+    assert!(
+        end.starts_with(&date_in(1000)) || end.starts_with(&date_in(999)),
+        "{end}"
+    );
+}
+
+#[test]
+fn kubeconfig_refuses_a_validity_past_the_ca_and_a_cluster_without_secrets() {
+    let s = Scratch::new();
+    let file = s.example_with_secrets("homelab");
+    kubestick()
+        .args(["kubeconfig", file.to_str().unwrap(), "--validity", "4000", "-o", "-"])
+        .assert()
+        .code(2)
+        .stderr(predicates::prelude::PredicateBooleanExt::and(
+            predicates::str::contains("--validity 4000"),
+            predicates::str::contains("the cluster CA ends on"),
+        ));
+    let bare = s.write("bare.toml", &example("homelab"));
+    kubestick()
+        .args(["kubeconfig", bare.to_str().unwrap(), "-o", "-"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("bare.secrets does not exist"));
+    kubestick()
+        .args(["check", bare.to_str().unwrap()])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("Credentials: none yet"));
+}
