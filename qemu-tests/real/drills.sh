@@ -16,6 +16,15 @@
 #   5  a worker (optiplex-4) powered on after the cluster formed joins and is Ready
 #   6  re-flashed sticks, a joining node and then the init node: each replaces its stale etcd
 #      member, is Ready again, and etcd has exactly 3 members
+#   7  a whole-house power cut: every node loses power at once and comes back in another
+#      order (the reverse), REAL_POWER_PAUSE (60) seconds apart; every node is Ready again,
+#      etcd whole, no first-boot step ran again; the time until all are Ready is reported
+#   8  a year later: the control-plane nodes are shut down and started with their clocks
+#      REAL_CLOCK_AHEAD (400) days ahead, past the end of every certificate kubeadm issued
+#      (set 300 for "just inside the 90-day renewal margin"); kubestick-certs renews by
+#      itself, the API answers through the VIP with a certificate valid for another year,
+#      etcd is healthy, the nodes are Ready. Checked from inside the nodes (their clocks
+#      are ahead of the host's). It always runs last: the clocks stay ahead.
 # The run ends with one summary line of every drill and the time from power-on to Ready.
 # Usage: drills.sh [DRILL...] (default: all that fit), run in the order given after drill 1,
 # which always runs first (the others need its cluster). REAL_NODES="optiplex-1 ..." names
@@ -38,7 +47,7 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 asked=()
 for d in "$@"; do
   for n in $d; do
-    [[ $n =~ ^[1-6]$ ]] || { echo "usage: $0 [DRILL...] (drills are 1 to 6)" >&2; exit 2; }
+    [[ $n =~ ^[1-8]$ ]] || { echo "usage: $0 [DRILL...] (drills are 1 to 8)" >&2; exit 2; }
     asked+=("$n")
   done
 done
@@ -51,6 +60,12 @@ plan() {
     [[ -n ${want[$n]:-} ]] || order+=("$n")
     want[$n]=1
   done
+  # Drill 8 leaves the clocks a year ahead: whatever follows it could not trust them.
+  if [[ -n ${want[8]:-} ]]; then
+    local rest=()
+    for n in "${order[@]}"; do [[ $n == 8 ]] || rest+=("$n"); done
+    order=("${rest[@]}" 8)
+  fi
 }
 
 WORKER=optiplex-4
@@ -158,10 +173,10 @@ size_control_plane() {
     fi
     plan "${asked[@]}"
   elif ((N == 3)); then
-    plan 2 3 4 5 6
+    plan 2 3 4 5 6 7 8
   else
     # The worker first, so that pod networking crosses two nodes.
-    plan 5 2 4
+    plan 5 2 4 7 8
     skipped=(3 6)
   fi
 }
@@ -433,6 +448,113 @@ drill_6() {
     [[ $done_line == *"joined the cluster"* ]] || drill_fail 6 "$n" "the re-flashed $n did not join the running cluster: $done_line"
     pass "6 ($n)" "$(($(now) - start))" "re-flashed $n replaced etcd member $old_member with $new_member, is Ready; etcd has exactly 3 members"
   done
+}
+
+# --- drill 7: a whole-house power cut -------------------------------------------------------
+started_nodes() {
+  local n
+  for n in "${NODES[@]}" "$WORKER"; do
+    [[ -f $out/vm/$n/qemu.pid ]] && kill -0 "$(cat "$out/vm/$n/qemu.pid")" 2>/dev/null && echo "$n"
+  done
+  return 0
+}
+# no_init_again NODE: its first-boot steps kept their done markers and the journal shows
+# bootstrap skipped by its condition, kubeadm never run.
+no_init_again() {
+  local journal
+  journal=$(ssh_node "$1" sudo journalctl -b --no-pager -u kubestick-bootstrap.service) || return 1
+  ! grep -q 'running: kubeadm' <<<"$journal" && grep -q 'unmet condition' <<<"$journal"
+}
+declare -A cut_before=() cut_boot=()
+cut_nodes=()
+every_back() {
+  local n
+  for n in "${cut_nodes[@]}"; do back_ready "$n" "${cut_boot[$n]}" || return 1; done
+}
+drill_7() {
+  local pause=${REAL_POWER_PAUSE:-60} n first='' back cut i
+  mapfile -t cut_nodes < <(started_nodes)
+  local all=("${cut_nodes[@]}")
+  for n in "${all[@]}"; do
+    cut_before[$n]=$(markers "$n") || drill_fail 7 "$n" "cannot read $n's done markers over SSH"
+    cut_boot[$n]=$(boot_id "$n")
+  done
+  log "drill 7: power cut: ${all[*]} lose power at once"
+  for n in "${all[@]}"; do vm stop "$n" -o "$out" >/dev/null & done
+  wait
+  cut=$(now)
+  sleep 10
+  # Back in the reverse order, minutes apart, as breakers and slow power supplies do.
+  for ((i = ${#all[@]} - 1; i >= 0; i--)); do
+    n=${all[$i]}
+    log "drill 7: power back on $n"
+    [[ -n $first ]] || first=$(now)
+    power_on_again "$n"
+    ((i == 0)) || sleep "$pause"
+  done
+  until_true "$STEP_BOUND" "${all[*]} Ready again" every_back ||
+    drill_fail 7 "${all[0]}" "not every node was Ready again after the power cut: $(ready_nodes | tr '\n' ' ')"
+  back=$(($(now) - first))
+  until_true "$STEP_BOUND" "etcd whole again" etcd_whole "${NODES[0]}" ||
+    drill_fail 7 "${NODES[0]}" "etcd is not whole after the power cut: $(etcd_members "${NODES[0]}" | tr '\n' ';')"
+  until_true "$STEP_BOUND" "every kube-system and kube-flannel pod Running" no_unready ||
+    drill_fail 7 "${NODES[0]}" "pods not running after the power cut: $(unready_pods kube-system kube-flannel | tr '\n' ' ')"
+  for n in "${all[@]}"; do
+    [[ $(markers "$n") == "${cut_before[$n]}" ]] || drill_fail 7 "$n" "$n's done markers changed across the power cut"
+    no_init_again "$n" || drill_fail 7 "$n" "a first-boot step ran again on $n after the power cut"
+  done
+  pass 7 "$(($(now) - cut))" "${all[*]} lost power together, came back in reverse order ${pause}s apart; all Ready ${back}s after the first power-on; etcd whole; no first-boot step ran again"
+}
+
+# --- drill 8: a year later ------------------------------------------------------------------
+# The nodes' clocks run ahead of the host's, so the host's kubectl would refuse their new
+# certificates as not yet valid: everything is checked from inside, with the node's own
+# (renewed) admin.conf.
+kin() { ssh_node "$1" sudo kubectl --kubeconfig /etc/kubernetes/admin.conf --request-timeout=30s "${@:2}"; }
+renewed() { ssh_node "$1" sudo cat /var/lib/kubestick/certs.status 2>/dev/null | grep -q '^renewed '; }
+ready_inside() {
+  [[ $(kin "$1" get node "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+}
+etcd_healthy_inside() {
+  kin "$1" -n kube-system exec "etcd-$2" -- etcdctl --endpoints=https://127.0.0.1:2379 \
+    --cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt \
+    --key=/etc/kubernetes/pki/etcd/healthcheck-client.key --command-timeout=15s endpoint health --cluster 2>&1 |
+    grep -c 'is healthy' | grep -qx "$N"
+}
+drill_8() {
+  local days=${REAL_CLOCK_AHEAD:-400} n start vip vip_end node_now left status pid rest
+  start=$(now)
+  mapfile -t rest < <(started_nodes)
+  log "drill 8: shutting ${rest[*]} down; the control-plane nodes come back ${days} days later"
+  for n in "${rest[@]}"; do
+    pid=$(cat "$out/vm/$n/qemu.pid")
+    ssh_node "$n" sudo systemctl poweroff || true
+    until_true 600 "$n to power off" gone "$pid" || drill_fail 8 "$n" "$n did not power off"
+  done
+  for n in "${NODES[@]}"; do power_on_again "$n" --clock-ahead "$days"; done
+  for n in "${NODES[@]}"; do
+    until_true "$STEP_BOUND" "$n to renew its certificates by itself" renewed "$n" ||
+      drill_fail 8 "$n" "$n did not renew its certificates: $(ssh_node "$n" sudo journalctl --no-pager -o cat -u kubestick-certs.service 2>&1 | tail -n 15)"
+  done
+  for n in "${NODES[@]}"; do
+    until_true "$STEP_BOUND" "$n Ready (seen from inside)" ready_inside "${NODES[0]}" "$n" ||
+      drill_fail 8 "$n" "$n is not Ready $days days later"
+  done
+  until_true "$STEP_BOUND" "etcd healthy (seen from inside)" etcd_healthy_inside "${NODES[0]}" "${NODES[0]}" ||
+    drill_fail 8 "${NODES[0]}" "etcd is not healthy $days days later"
+  # The API through the VIP (the server admin.conf names), from a node: it answers, with a
+  # certificate valid for another year.
+  vip=$(awk -F'"' '/^api_vip/ { print $2 }' "$work/cluster.toml")
+  [[ $(kin "${NODES[0]}" get --raw /readyz) == ok ]] ||
+    drill_fail 8 "${NODES[0]}" "the API did not answer through the VIP $days days later"
+  vip_end=$(ssh_node "${NODES[0]}" "echo | openssl s_client -connect $vip:6443 2>/dev/null | openssl x509 -noout -enddate") ||
+    drill_fail 8 "${NODES[0]}" "no certificate from the API at $vip:6443"
+  vip_end=${vip_end#notAfter=}
+  node_now=$(ssh_node "${NODES[0]}" date -u +%s)
+  left=$((($(date -u -d "$vip_end" +%s) - node_now) / 86400))
+  ((left >= 360)) || drill_fail 8 "${NODES[0]}" "the API's certificate through the VIP ends $vip_end, $left days after the node's clock"
+  status=$(ssh_node "${NODES[0]}" sudo cat /var/lib/kubestick/certs.status)
+  pass 8 "$(($(now) - start))" "${NODES[*]} started ${days} days later renewed by themselves ($status); the API through the VIP answers with a certificate valid $left more days; etcd healthy; Ready"
 }
 
 for d in "${order[@]}"; do "drill_$d"; done

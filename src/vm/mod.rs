@@ -155,6 +155,11 @@ pub enum Action {
         /// Wait until the node has booted, at most SECONDS
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "900")]
         wait: Option<u64>,
+        /// Start the node with its clock DAYS ahead of the host's (QEMU -rtc base=), as if it
+        /// had been off that long: a drill for certificate expiry. Later starts without it go
+        /// back in time, which the node's certificates will not accept
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=3650))]
+        clock_ahead: Option<u32>,
     },
     /// Shut every VM down (ACPI power button, then power cut after --timeout) and stop the
     /// network segment; disks, overlays and logs are kept for the next `vm up`
@@ -200,6 +205,7 @@ pub fn run(args: VmArgs) -> Result<()> {
             machine: &machine,
             reflash: false,
             wait: wait.map(Duration::from_secs),
+            clock_ahead_days: None,
         }),
         Action::Status { at, json } => status::run(&at.dir(), json),
         Action::Console { node, at } => {
@@ -215,6 +221,7 @@ pub fn run(args: VmArgs) -> Result<()> {
             accel,
             at,
             wait,
+            clock_ahead,
         } => up::start(
             &at.dir(),
             &node,
@@ -224,6 +231,7 @@ pub fn run(args: VmArgs) -> Result<()> {
             },
             reflash,
             wait.map(Duration::from_secs),
+            clock_ahead,
         ),
         Action::Down { at, force, timeout } => down::down(&at.dir(), force, Duration::from_secs(timeout)),
         Action::Destroy { at } => down::destroy(&at.dir()),

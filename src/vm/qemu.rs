@@ -51,6 +51,22 @@ pub struct NodeVm<'a> {
     pub mac: &'a str,
     pub sata: Option<&'a SataIdentity>,
     pub hub: &'a Path,
+    /// The guest's clock at power-on (`-rtc base=`), when it is not the host's.
+    pub rtc_base: Option<&'a str>,
+}
+
+/// QEMU's `-rtc base=` value for `epoch` (seconds since 1970, UTC).
+pub fn rtc_base(epoch: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(epoch as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// A node: q35 with UEFI (OVMF code read-only, the node's own variables), the overlay as its
@@ -71,6 +87,9 @@ pub fn node_args(vm: &NodeVm<'_>) -> Vec<OsString> {
     );
     push(&mut a, &["-m", &s.memory_mib.to_string(), "-smp", &s.cpus.to_string()]);
     push(&mut a, &["-nodefaults", "-no-user-config", "-display", "none"]);
+    if let Some(base) = vm.rtc_base {
+        push(&mut a, &["-rtc", &format!("base={base},clock=host")]);
+    }
     a.push("-drive".into());
     a.push(with_path("if=pflash,format=raw,readonly=on,file=", &s.ovmf_code, ""));
     a.push("-drive".into());
@@ -248,7 +267,29 @@ mod tests {
             mac: "52:54:00:77:00:01",
             sata,
             hub: &state.hub_socket(),
+            rtc_base: None,
         }))
+    }
+
+    #[test]
+    fn a_clock_ahead_is_the_guests_rtc_base_and_only_then() {
+        let state = StateDir::resolve(Path::new("/srv/out"), None);
+        assert!(!node(&state, Accel::Tcg, None).iter().any(|a| a == "-rtc"));
+        let settings = settings();
+        let files = state.node("optiplex-1");
+        let base = rtc_base(1_796_438_414 + 365 * 86_400);
+        assert_eq!(base, "2027-12-05T02:40:14");
+        let a = strings(&node_args(&NodeVm {
+            name: "optiplex-1",
+            accel: Accel::Tcg,
+            settings: &settings,
+            files: &files,
+            mac: "52:54:00:77:00:01",
+            sata: None,
+            hub: &state.hub_socket(),
+            rtc_base: Some(&base),
+        }));
+        assert_eq!(value(&a, "-rtc", "base="), "base=2027-12-05T02:40:14,clock=host");
     }
 
     #[test]
@@ -303,6 +344,7 @@ mod tests {
             mac: "52:54:00:00:00:01",
             sata: None,
             hub: &state.hub_socket(),
+            rtc_base: None,
         }))
         .unwrap();
     }

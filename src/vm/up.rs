@@ -29,6 +29,8 @@ pub struct Request<'a> {
     pub machine: &'a MachineArgs,
     pub reflash: bool,
     pub wait: Option<Duration>,
+    /// Days the started nodes' clocks run ahead of the host's (a drill).
+    pub clock_ahead_days: Option<u32>,
 }
 
 /// Every node's SATA identity, or one error listing each node whose disk cannot be emulated.
@@ -221,6 +223,7 @@ fn start_node(
     node: &Node,
     sata: Option<&SataIdentity>,
     reflash: bool,
+    clock_ahead_days: Option<u32>,
 ) -> Result<bool> {
     let files = state.node(&node.name);
     if let Some(pid) = process::running(&files.pid, &files.pid) {
@@ -235,6 +238,7 @@ fn start_node(
         return Ok(false);
     }
     prepare(&saved.out, saved, node, &files, sata.is_some(), reflash)?;
+    let rtc_base = clock_ahead_days.map(|days| qemu::rtc_base(now() + u64::from(days) * 86_400));
     let args = qemu::node_args(&qemu::NodeVm {
         name: &node.name,
         accel,
@@ -243,17 +247,19 @@ fn start_node(
         mac: &node.mac,
         sata,
         hub: &state.hub_socket(),
+        rtc_base: rtc_base.as_deref(),
     });
     qemu::check_contained(&args)?;
     mark(
         &files,
         &format!(
-            "{} {} at {} ({}{})",
+            "{} {} at {} ({}{}{})",
             serial::POWER_ON,
             node.name,
             now(),
             accel.as_str(),
-            if reflash { ", re-flashed from the image" } else { "" }
+            if reflash { ", re-flashed from the image" } else { "" },
+            clock_ahead_days.map_or(String::new(), |d| format!(", clock {d} days ahead"))
         ),
     )?;
     process::run_qemu_daemon(&saved.settings.qemu, &args, &node.name)?;
@@ -341,7 +347,15 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         if segment.hub_restarted && process::running(&files.pid, &files.pid).is_some() {
             cut_off.push(n.name.clone());
         }
-        if start_node(&state, &saved, probe.accel, n, id.as_ref(), req.reflash)? {
+        if start_node(
+            &state,
+            &saved,
+            probe.accel,
+            n,
+            id.as_ref(),
+            req.reflash,
+            req.clock_ahead_days,
+        )? {
             started.push(n.name.clone());
         } else {
             println!("{} is already running.", n.name);
@@ -460,6 +474,7 @@ pub fn start(
     machine: &MachineArgs,
     reflash: bool,
     wait: Option<Duration>,
+    clock_ahead_days: Option<u32>,
 ) -> Result<()> {
     let saved = state_dir.require()?;
     let out: PathBuf = saved.out.clone();
@@ -470,6 +485,7 @@ pub fn start(
         machine,
         reflash,
         wait,
+        clock_ahead_days,
     })
 }
 
