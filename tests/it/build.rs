@@ -610,9 +610,9 @@ fn differing_places(a: &Path, b: &Path) -> Vec<String> {
     places
 }
 
-/// `build` with the given environment and umask into `out`, with a cache that has the
-/// shared base tarball (hard-linked) but no base image yet, so the images are made afresh.
-fn fresh_build(s: &Scratch, out: &Path, cache: &Path, tz: &str, umask: &str) {
+/// A new cache at `cache` holding the shared Debian base tarball (hard-linked) and no base
+/// image yet, so a build with it makes the images afresh.
+fn cache_with_shared_base(cache: &Path) {
     built(); // the shared cache holds the Debian base by now
     fs::create_dir_all(cache).unwrap();
     let status = Command::new("cp")
@@ -622,6 +622,11 @@ fn fresh_build(s: &Scratch, out: &Path, cache: &Path, tz: &str, umask: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// `build` with the given environment and umask into `out`, with a fresh cache.
+fn fresh_build(s: &Scratch, out: &Path, cache: &Path, tz: &str, umask: &str) {
+    cache_with_shared_base(cache);
     let args = build_args(s, out, cache, &doubles().join("mirror"));
     let output = Command::new("sh")
         .arg("-c")
@@ -891,19 +896,9 @@ fn diff_says_what_changed_between_two_builds() {
 
 #[test]
 fn source_date_epoch_sets_every_time_in_the_images() {
-    built();
     let s = Scratch::new();
     let cache = s.path("cache");
-    fs::create_dir_all(&cache).unwrap();
-    assert!(
-        Command::new("cp")
-            .arg("-al")
-            .arg(shared_cache().join("rootfs"))
-            .arg(cache.join("rootfs"))
-            .status()
-            .unwrap()
-            .success()
-    );
+    cache_with_shared_base(&cache);
     build_cmd(&s, &cache, &doubles().join("mirror"))
         .env("SOURCE_DATE_EPOCH", "not-a-date")
         .assert()
