@@ -118,6 +118,8 @@ pub struct Request<'a> {
     pub state: Option<PathBuf>,
     pub debian_mirror: &'a str,
     pub debian_security_mirror: Option<&'a str>,
+    /// Build the Debian base again even when cached.
+    pub refresh_base: bool,
     pub fetch: download::Options,
     pub cache: Option<PathBuf>,
     pub lock: Lock,
@@ -133,10 +135,11 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     let base_spec = base::BaseSpec::new(Some(req.debian_mirror), req.debian_security_mirror);
     // Host tools first: a missing one fails in a second, not after the downloads.
     tools::require_mke2fs()?;
-    if !cache_root
-        .join("rootfs")
-        .join(format!("base-{}.tar", base_spec.key()))
-        .exists()
+    if req.refresh_base
+        || !cache_root
+            .join("rootfs")
+            .join(format!("base-{}.tar", base_spec.key()))
+            .exists()
     {
         tools::require("mmdebstrap", "build the Debian base image", "mmdebstrap")?;
     }
@@ -197,7 +200,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     let rendered = render_stage(req.cluster, &cluster, req.output, req.state.clone(), &pins)?;
 
     let source_date_epoch = source_date_epoch()?;
-    let base_tar = base::ensure(&cache_root, &base_spec, show)?;
+    let base_tar = base::ensure(&cache_root, &base_spec, req.refresh_base, show)?;
     // One base per role: control-plane images only on control-plane nodes.
     let mut bases = std::collections::BTreeMap::new();
     let mut carried_by_role = std::collections::BTreeMap::new();
@@ -311,6 +314,9 @@ fn base_image(
 ) -> Result<image::Base> {
     let mut hasher = Sha256::new();
     hasher.update(base_spec.key());
+    // The same inputs give a new tarball when the base is refreshed: its size and time tell.
+    let meta = fs::metadata(base_tar).with_context(|| format!("reading {}", base_tar.display()))?;
+    hasher.update(format!("base tarball {} {:?}\n", meta.len(), meta.modified().ok()));
     hasher.update(format!("SOURCE_DATE_EPOCH={source_date_epoch:?}\n"));
     hasher.update(&cluster.name);
     hasher.update(role.as_str());

@@ -86,6 +86,10 @@ pub enum Command {
         /// --debian-mirror when that ends in `/debian`, else Debian's]
         #[arg(long, value_name = "URL")]
         debian_security_mirror: Option<String>,
+        /// Build the Debian base again even if it is cached, taking in the updates and
+        /// security fixes published since (compare with `kubestick diff`)
+        #[arg(long)]
+        refresh_base: bool,
         #[command(flatten)]
         source: SourceArgs,
         #[command(flatten)]
@@ -282,6 +286,7 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
             state,
             debian_mirror,
             debian_security_mirror,
+            refresh_base,
             source,
             lock,
         } => crate::build::run(&crate::build::Request {
@@ -290,6 +295,7 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
             state,
             debian_mirror: &debian_mirror,
             debian_security_mirror: debian_security_mirror.as_deref(),
+            refresh_base,
             fetch: download_options(&source),
             cache: source.cache.clone(),
             lock: lock.load()?,

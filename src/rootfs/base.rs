@@ -118,22 +118,24 @@ impl BaseSpec {
     }
 }
 
-/// The cached base tarball for `spec`, built first if needed.
-pub fn ensure(cache_root: &Path, spec: &BaseSpec, show_progress: bool) -> Result<PathBuf> {
+/// The cached base tarball for `spec`, built first if needed, or built again when `refresh`
+/// (the packages the mirrors publish today, security fixes included), replacing the cached
+/// one only once the new one is complete.
+pub fn ensure(cache_root: &Path, spec: &BaseSpec, refresh: bool, show_progress: bool) -> Result<PathBuf> {
     let dir = cache_root.join("rootfs");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = spec.key();
     let tarball = dir.join(format!("base-{key}.tar"));
-    if tarball.exists() {
+    if tarball.exists() && !refresh {
         return Ok(tarball);
     }
     // One build per key at a time; a second run waits and then finds the tarball.
     let _lock = crate::fsx::lock_exclusive(&dir.join(format!("base-{key}.lock")))?;
-    if tarball.exists() {
+    if tarball.exists() && !refresh {
         return Ok(tarball);
     }
     tools::require("mmdebstrap", "build the Debian base image", "mmdebstrap")?;
-    let previous = newest_manifest(&dir);
+    let previous = newest_manifest(&dir).filter(|_| !tarball.exists());
     let spinner = crate::progress::spinner(
         show_progress,
         format!(

@@ -938,3 +938,36 @@ fn source_date_epoch_sets_every_time_in_the_images() {
     let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
     assert!(listing.contains("2023-11-14"), "{listing}");
 }
+
+#[test]
+fn refresh_base_builds_the_debian_base_again_and_leaves_the_old_one_until_done() {
+    use std::os::unix::fs::MetadataExt as _;
+    let s = Scratch::new();
+    let cache = s.path("cache");
+    cache_with_shared_base(&cache);
+    // The base this kubestick builds is the newest one in the cache (older kubesticks' keys
+    // may be there too).
+    let newest = fs::read_dir(cache.join("rootfs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .max_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    let tarball = || newest.clone();
+    let (shared_path, before) = (tarball(), fs::metadata(tarball()).unwrap().ino());
+    let assert = build_cmd(&s, &cache, &doubles().join("mirror"))
+        .arg("--refresh-base")
+        .timeout(std::time::Duration::from_secs(1800))
+        .assert()
+        .success();
+    let _ = assert;
+    // A new tarball under the same key (the inputs did not change), the shared one untouched.
+    assert_eq!(tarball(), shared_path);
+    assert_ne!(fs::metadata(tarball()).unwrap().ino(), before);
+    let shared = shared_cache().join("rootfs").join(shared_path.file_name().unwrap());
+    assert_eq!(fs::metadata(shared).unwrap().ino(), before);
+    // The images were made from it, with a bill of materials naming the security archive.
+    let bom = fs::read_to_string(s.path("out/optiplex-1.cdx.json")).unwrap();
+    assert!(bom.contains("trixie-security"), "{bom}");
+}
