@@ -510,7 +510,8 @@ drill_7() {
 # The nodes' clocks run ahead of the host's, so the host's kubectl would refuse their new
 # certificates as not yet valid: everything is checked from inside, with the node's own
 # (renewed) admin.conf.
-kin() { ssh_node "$1" sudo kubectl --kubeconfig /etc/kubernetes/admin.conf --request-timeout=30s "${@:2}"; }
+# (The remote shell parses the command again: every argument is quoted for it.)
+kin() { ssh_node "$1" "sudo kubectl --kubeconfig /etc/kubernetes/admin.conf --request-timeout=30s $(printf '%q ' "${@:2}")"; }
 renewed() { ssh_node "$1" sudo cat /var/lib/kubestick/certs.status 2>/dev/null | grep -q '^renewed '; }
 ready_inside() {
   [[ $(kin "$1" get node "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
