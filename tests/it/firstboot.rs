@@ -1454,7 +1454,7 @@ fn an_expired_kubelet_client_certificate_is_issued_anew() {
 }
 
 #[test]
-fn certs_leave_nodes_alone_that_have_not_joined_or_hold_no_ca() {
+fn certs_leave_nodes_alone_that_have_not_joined() {
     let m = certs_machine("-300 days", "-1 day", 3650);
     fs::remove_file(m.path("state/bootstrap.done")).unwrap();
     let out = run_certs(&m, &[("FAKE_API_AFTER", "0")]);
@@ -1463,15 +1463,75 @@ fn certs_leave_nodes_alone_that_have_not_joined_or_hold_no_ca() {
         "{}",
         log(&out)
     );
-    let w = certs_machine("-300 days", "-1 day", 3650);
-    fs::rename(w.path("k8s/pki/ca.key"), w.path("ca.key.elsewhere")).unwrap();
-    let out = w.run_script("certs", &[("FAKE_API_AFTER", "0")]);
     assert!(
-        out.status.success() && log(&out).contains("not a control-plane node"),
+        !m.calls().contains("kubeadm") && !m.calls().contains("systemctl"),
         "{}",
-        log(&out)
+        m.calls()
     );
-    assert!(!m.calls().contains("kubeadm") && !w.calls().contains("kubeadm"));
+}
+
+/// A joined worker: no CA, its kubelet's client certificate valid from `start` to `end`.
+fn worker_certs_machine(start: &str, end: &str) -> Machine {
+    let m = certs_machine("-1 day", "+200 days", 3650);
+    fs::create_dir_all(m.path("kubelet-pki")).unwrap();
+    let cert = issue(&m, "kubelet-pki/kubelet-client-2026.pem", start, end);
+    std::os::unix::fs::symlink(&cert, m.path("kubelet-pki/kubelet-client-current.pem")).unwrap();
+    fs::rename(m.path("k8s/pki"), m.path("pki-elsewhere")).unwrap();
+    fs::write(m.path("k8s/kubelet.conf"), "the expired one\n").unwrap();
+    fs::write(
+        m.path("conf/kubeadm-join.yaml"),
+        "discovery:\n  bootstrapToken:\n    apiServerEndpoint: \"10.77.0.10:6443\"\n    token: \"abcdef.0123456789abcdef\"\n",
+    )
+    .unwrap();
+    m
+}
+
+#[test]
+fn a_worker_only_reports_a_kubelet_certificate_that_is_still_valid() {
+    let m = worker_certs_machine("-100 days", "+265 days");
+    let out = m.run_script(
+        "certs",
+        &[("KUBESTICK_KUBELET_PKI", m.path("kubelet-pki").to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(
+        !m.calls().contains("kubeadm") && !m.calls().contains("systemctl"),
+        "{}",
+        m.calls()
+    );
+    assert_eq!(
+        certs_status(&m).trim(),
+        format!(
+            "kubelet client certificate until {} (the kubelet rotates it)",
+            day_of("+265 days")
+        )
+    );
+}
+
+#[test]
+fn a_worker_off_past_its_kubelet_certificate_bootstraps_a_new_one_with_the_token() {
+    let m = worker_certs_machine("-400 days", "-35 days");
+    let out = m.run_script(
+        "certs",
+        &[("KUBESTICK_KUBELET_PKI", m.path("kubelet-pki").to_str().unwrap())],
+    );
+    let text = log(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("bootstrapping a new one with the bootstrap token"),
+        "{text}"
+    );
+    let bootstrap = fs::read_to_string(m.path("k8s/bootstrap-kubelet.conf")).unwrap();
+    assert!(bootstrap.contains("server: https://10.77.0.10:6443"), "{bootstrap}");
+    assert!(bootstrap.contains("token: abcdef.0123456789abcdef"), "{bootstrap}");
+    assert!(bootstrap.contains(&format!("certificate-authority: {}", m.path("conf/ca.crt").display())));
+    assert_eq!(mode(&m.path("k8s/bootstrap-kubelet.conf")), 0o600);
+    // The kubelet finds no kubeconfig and bootstraps; the expired one is kept aside.
+    assert!(!m.path("k8s/kubelet.conf").exists());
+    assert!(m.path("state/kubelet.conf.expired").exists());
+    assert!(!m.path("kubelet-pki/kubelet-client-current.pem").exists());
+    assert!(m.calls().contains("systemctl restart kubelet"), "{}", m.calls());
+    assert!(!m.calls().contains("kubeadm"), "{}", m.calls());
 }
 
 #[test]
