@@ -227,7 +227,10 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         bases.insert(role.as_str(), base);
         carried_by_role.insert(role.as_str(), carried);
     }
+    // What every node's bill of materials shares.
     let packages = base::installed_packages(&base_tar)?;
+    let sources = base_spec.sources();
+    let artifacts: Vec<&artifacts::lock::Artifact> = fetched.iter().map(|(a, _)| a).collect();
 
     let images_dir = req.output;
     let mut images = Vec::new();
@@ -243,7 +246,6 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         let out = images_dir.join(format!("{}.img", node.name));
         let spinner = progress::spinner(show, format!("writing {}", out.display()));
         let files = bom_files(&rendered, node);
-        let artifacts: Vec<&artifacts::lock::Artifact> = fetched.iter().map(|(a, _)| a).collect();
         let bom = bom::document(&bom::Inputs {
             cluster: &cluster.name,
             node: &node.name,
@@ -251,7 +253,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
             kubernetes_version: &cluster.kubernetes_version,
             lock_sha256: &req.lock.sha256,
             suite: &base_spec.suite,
-            sources: &base_spec.sources(),
+            sources: &sources,
             packages: &packages,
             artifacts: &artifacts,
             images: &carried_by_role[role.as_str()],

@@ -364,8 +364,7 @@ fn kubeconfig(path: &Path, output: &Path, state: Option<PathBuf>, days: u32, sty
     let state = state.unwrap_or_else(|| crate::secrets::default_dir(path));
     if !state.exists() {
         return Err(BadInput(format!(
-            "{} does not exist: the cluster has no secrets yet
-  fix: pass --state DIR for the \
+            "{} does not exist: the cluster has no secrets yet\n  fix: pass --state DIR for the \
              directory `kubestick build` created, or build the cluster first",
             state.display()
         ))
