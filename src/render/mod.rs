@@ -232,6 +232,28 @@ impl Renderer {
                 "system/flannel-offload.rules",
             ),
             (ADDON_FLANNEL, MODE_FILE, "addons/flannel.yaml"),
+            // kubeadm's patches for the control-plane static pods (kubeadm/waits.yaml names
+            // the directory); workers carry them unused, as they do the CA certificate.
+            (
+                "/etc/kubestick/kubeadm-patches/etcd+strategic.yaml",
+                MODE_FILE,
+                "kubeadm/patches/etcd+strategic.yaml",
+            ),
+            (
+                "/etc/kubestick/kubeadm-patches/kube-apiserver+strategic.yaml",
+                MODE_FILE,
+                "kubeadm/patches/kube-apiserver+strategic.yaml",
+            ),
+            (
+                "/etc/kubestick/kubeadm-patches/kube-controller-manager+strategic.yaml",
+                MODE_FILE,
+                "kubeadm/patches/kube-controller-manager+strategic.yaml",
+            ),
+            (
+                "/etc/kubestick/kubeadm-patches/kube-scheduler+strategic.yaml",
+                MODE_FILE,
+                "kubeadm/patches/kube-scheduler+strategic.yaml",
+            ),
         ];
         // The cluster's add-on manifests, for the parts its file asks for.
         let storage = [
@@ -257,6 +279,7 @@ impl Renderer {
             "firstboot/kubestick-addons.service",
             "firstboot/kubestick-status.service",
             "firstboot/kubestick-status.timer",
+            "firstboot/kubestick-status.path",
             "firstboot/kubestick-certs.service",
             "firstboot/kubestick-certs.timer",
         ]

@@ -65,6 +65,10 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../templates/firstboot/kubestick-status.timer"),
     ),
     (
+        "firstboot/kubestick-status.path",
+        include_str!("../../templates/firstboot/kubestick-status.path"),
+    ),
+    (
         "firstboot/kubestick-storage.service",
         include_str!("../../templates/firstboot/kubestick-storage.service"),
     ),
@@ -110,6 +114,23 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../templates/kubeadm/components.yaml"),
     ),
     ("kubeadm/init.yaml", include_str!("../../templates/kubeadm/init.yaml")),
+    ("kubeadm/waits.yaml", include_str!("../../templates/kubeadm/waits.yaml")),
+    (
+        "kubeadm/patches/etcd+strategic.yaml",
+        include_str!("../../templates/kubeadm/patches/etcd+strategic.yaml"),
+    ),
+    (
+        "kubeadm/patches/kube-apiserver+strategic.yaml",
+        include_str!("../../templates/kubeadm/patches/kube-apiserver+strategic.yaml"),
+    ),
+    (
+        "kubeadm/patches/kube-controller-manager+strategic.yaml",
+        include_str!("../../templates/kubeadm/patches/kube-controller-manager+strategic.yaml"),
+    ),
+    (
+        "kubeadm/patches/kube-scheduler+strategic.yaml",
+        include_str!("../../templates/kubeadm/patches/kube-scheduler+strategic.yaml"),
+    ),
     ("kubeadm/join.yaml", include_str!("../../templates/kubeadm/join.yaml")),
     (
         "kubeadm/node-registration.yaml",
