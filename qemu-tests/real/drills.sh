@@ -47,7 +47,7 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/../lib.sh"
 asked=()
 for d in "$@"; do
   for n in $d; do
-    [[ $n =~ ^[1-8]$ ]] || { echo "usage: $0 [DRILL...] (drills are 1 to 8)" >&2; exit 2; }
+    [[ $n =~ ^[1-9]$ ]] || { echo "usage: $0 [DRILL...] (drills are 1 to 9)" >&2; exit 2; }
     asked+=("$n")
   done
 done
@@ -97,7 +97,9 @@ finish() {
     printf 'real-test:'
     printf ' %s;' "${summary[@]}"
     ((${#skipped[@]} == 0)) || printf ' drills %s SKIPPED (three control-plane VMs do not fit here);' "${skipped[*]}"
-    printf ' %s control-plane nodes Ready %s after power-on\n' "${N:-?}" "${formed:-never}"
+    printf ' %s control-plane nodes Ready %s after power-on' "${N:-?}" "${formed:-never}"
+    [[ -z ${attempts:-} ]] || printf '; kubeadm: %s' "$attempts"
+    printf '\n'
   } >&2
   if ((status != 0)) && [[ -d $out/vm ]]; then
     mkdir -p "${work}-logs"
@@ -293,7 +295,31 @@ drill_1() {
       kc -n kube-system get pod "$component-$n" >/dev/null || drill_fail 1 "$n" "no $component-$n static pod"
     done
   done
-  pass 1 "${formed%%s*}" "$N schedulable control-plane nodes Ready $formed after power-on; etcd: $N healthy voters; every kube-system and kube-flannel pod Running"
+  attempts=$(bootstrap_attempts "${NODES[@]}")
+  pass 1 "${formed%%s*}" "$N schedulable control-plane nodes Ready $formed after power-on; etcd: $N healthy voters; every kube-system and kube-flannel pod Running; kubeadm $attempts"
+}
+# bootstrap_attempts NODE...: how many attempts each node's bootstrap took (its done marker
+# says), and the phase retries in all: "1 attempt each (optiplex-1..3), 0 phase retries".
+bootstrap_attempts() {
+  local n line a r tries=() retries=0 all_one=1
+  for n in "$@"; do
+    line=$(ssh_node "$n" cat /var/lib/kubestick/bootstrap.done 2>/dev/null) || line=
+    if [[ $line =~ \(attempt\ ([0-9]+),\ ([0-9]+)\ phase\ retries\) ]]; then
+      a=${BASH_REMATCH[1]} r=${BASH_REMATCH[2]}
+    else
+      a='?' r=0
+    fi
+    [[ $a == 1 ]] || all_one=
+    tries+=("$n $a")
+    retries=$((retries + r))
+  done
+  if [[ -n $all_one ]]; then
+    printf '1 attempt on each of %s nodes, %s phase retries' "$#" "$retries"
+  else
+    local list
+    list=$(printf '%s, ' "${tries[@]}")
+    printf 'attempts %s, %s phase retries' "${list%, }" "$retries"
+  fi
 }
 
 # --- drill 2: pod networking -------------------------------------------------------------
@@ -573,6 +599,52 @@ drill_8() {
   ((left >= 360)) || drill_fail 8 "${NODES[0]}" "the API's certificate through the VIP ends $vip_end, $left days after the node's clock"
   status=$(ssh_node "${NODES[0]}" sudo cat /var/lib/kubestick/certs.status)
   pass 8 "$(($(now) - start))" "${back[*]} started ${days} days later: the control plane renewed by itself ($status); the API through the VIP answers with a certificate valid $left more days; etcd healthy; all Ready"
+}
+
+# --- drill 9: calm, as a number ----------------------------------------------------------
+# The formed cluster left alone for REAL_CALM_SECONDS (1800): restarts of the control-plane
+# containers, etcd leader changes, /readyz through the VIP from the host every 5 s, and
+# (observe.py, over the same window) each node's CPU by process, its writes to the stick
+# per day and etcd's WAL fsync p99. Figures to report, not assertions that could fail by
+# chance; the drill fails only if the cluster did not stay whole (a bound).
+control_plane_restarts() {
+  kc -n kube-system get pods -l tier=control-plane \
+    -o jsonpath='{range .items[*]}{range .status.containerStatuses[*]}{.restartCount}{"\n"}{end}{end}' |
+    awk '{ s += $1 } END { print s + 0 }'
+}
+drill_9() {
+  local seconds=${REAL_CALM_SECONDS:-1800} start before after polls=0 failed=0 end observe_pid report
+  start=$(now)
+  before=$(control_plane_restarts)
+  log "drill 9: watching the idle cluster for ${seconds}s (restarts, leader changes, /readyz through the VIP, CPU, writes)"
+  python3 "$QT_DIR/real/observe.py" --out "$out" --key "$work/id" --kubestick "$KUBESTICK" --seconds "$seconds" \
+    --json "$work/calm.json" "${NODES[@]}" >"$work/calm.txt" 2>&1 &
+  observe_pid=$!
+  end=$((start + seconds))
+  while (($(now) < end)); do
+    polls=$((polls + 1))
+    kc --request-timeout=5s get --raw /readyz >/dev/null 2>&1 || failed=$((failed + 1))
+    sleep 5
+  done
+  wait "$observe_pid" || drill_fail 9 "${NODES[0]}" "observe.py failed: $(tail -n 5 "$work/calm.txt")"
+  cat "$work/calm.txt" >&2
+  after=$(control_plane_restarts)
+  report=$(python3 - "$work/calm.json" <<'EOF'
+import json, sys
+nodes = json.load(open(sys.argv[1]))
+leader = sum(n["etcd"].get("leader_changes", 0) for n in nodes if n["etcd"]) if nodes else 0
+cores = [n["qemu_host_cores"] for n in nodes]
+gib = [d["gib_per_day"] for n in nodes for dev, d in n["disk"].items() if dev == "vda"]
+p99 = [n["etcd"]["wal_fsync_p99_s"] for n in nodes if n["etcd"] and n["etcd"]["wal_fsync_p99_s"] is not None]
+print(f"{leader:.0f} etcd leader changes; idle QEMU {sum(cores):.2f} host cores for {len(cores)} nodes "
+      f"({', '.join(f'{c:.2f}' for c in cores)}); stick writes {max(gib):.2f} GiB/day per node at most "
+      f"(goal 1); etcd WAL fsync p99 <= {max(p99) * 1000:g} ms" if gib and p99 else f"{leader:.0f} etcd leader changes")
+EOF
+  )
+  until_true "$STEP_BOUND" "$N nodes Ready" all_ready || drill_fail 9 "${NODES[0]}" "not every node was Ready after ${seconds}s of idle"
+  until_true "$STEP_BOUND" "etcd whole" etcd_whole "${NODES[0]}" || drill_fail 9 "${NODES[0]}" "etcd is not whole after ${seconds}s of idle"
+  calm="$((after - before)) control-plane restarts, $report, $failed of $polls /readyz through the VIP failed"
+  pass 9 "$(($(now) - start))" "calm for ${seconds}s: $calm"
 }
 
 for d in "${order[@]}"; do "drill_$d"; done

@@ -6,7 +6,7 @@
 //!
 //! What the build says about the nodes comes from [`crate::image::manifest`] (`out/cluster.json`).
 //! One module per job: [`state`] (the VM state directory), [`disk`] (by-id name → SATA model and serial), [`accel`] (KVM or
-//! TCG), [`qemu`] (command lines), [`hostnet`] (addresses and forwards of the host's port),
+//! TCG), [`stick`] (the boot disk's speed), [`qemu`] (command lines), [`hostnet`] (addresses and forwards of the host's port),
 //! [`hub`] (the segment), [`network`] (starting both), [`up`] and [`down`] (the lifecycle),
 //! [`serial`] and [`status`] (what the nodes say), [`console`] and [`qmp`] (talking to a VM),
 //! [`kubeconfig`] (a kubeconfig for the host), [`process`] (pid files).
@@ -25,6 +25,7 @@ pub mod qmp;
 pub mod serial;
 pub mod state;
 pub mod status;
+pub mod stick;
 pub mod up;
 
 use std::path::PathBuf;
@@ -87,6 +88,11 @@ pub struct MachineArgs {
     /// QEMU binary [default: qemu-system-x86_64]
     #[arg(long, value_name = "FILE", env = "KUBESTICK_QEMU")]
     pub qemu: Option<PathBuf>,
+    /// The USB stick each node boots from: `full` (the host disk's speed) or `usb2`, throttled
+    /// to a cheap USB 2 stick (30 MB/s read, 8 MB/s write, 1500/500 random reads/writes a
+    /// second) [default: full, or what the last `vm up` used]
+    #[arg(long, value_enum, value_name = "SPEED")]
+    pub stick: Option<stick::Stick>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -95,7 +95,8 @@ pub fn node_args(vm: &NodeVm<'_>) -> Vec<OsString> {
     a.push("-drive".into());
     a.push(with_path("if=pflash,format=raw,file=", &f.vars, ""));
     a.push("-drive".into());
-    a.push(with_path("if=none,id=boot,format=qcow2,file=", &f.boot, ""));
+    // The USB stick: at the host's speed, or throttled to a cheap stick's (`--stick`).
+    a.push(with_path("if=none,id=boot,format=qcow2,file=", &f.boot, &s.stick.drive_options()));
     push(&mut a, &["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
     if let Some(sata) = vm.sata {
         push(&mut a, &["-device", "ahci,id=ahci"]);
@@ -230,6 +231,7 @@ pub fn check_contained(args: &[OsString]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::vm::state::StateDir;
+    use crate::vm::stick::Stick;
     use std::path::PathBuf;
 
     fn settings() -> Settings {
@@ -241,6 +243,7 @@ mod tests {
             ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
             ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
             qemu: "qemu-system-x86_64".into(),
+            stick: Stick::Full,
         }
     }
 

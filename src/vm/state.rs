@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::BadInput;
 use crate::fsx;
 use crate::vm::accel::Probe;
+use crate::vm::stick::Stick;
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const UNIX_PATH_MAX: usize = 107;
@@ -241,6 +242,9 @@ pub struct Settings {
     pub ovmf_code: PathBuf,
     pub ovmf_vars: PathBuf,
     pub qemu: PathBuf,
+    /// The boot disk's speed (state files from before this option: full speed).
+    #[serde(default)]
+    pub stick: Stick,
 }
 
 /// Host ports forwarded to the segment, chosen on the first `vm up` and kept, so the
@@ -289,6 +293,7 @@ mod tests {
             ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
             ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
             qemu: "qemu-system-x86_64".into(),
+            stick: Stick::Full,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::image::manifest::{Manifest, Node};
 use crate::vm::accel::{self, Accel, Choice};
 use crate::vm::disk::{self, SataIdentity};
 use crate::vm::state::{NodeDir, Saved, Settings, StateDir};
+use crate::vm::stick::Stick;
 use crate::vm::{MachineArgs, hostnet, kubeconfig, network, process, qemu, serial};
 
 const GIB: u64 = 1024 * 1024 * 1024;
@@ -76,6 +77,7 @@ fn settings(machine: &MachineArgs, previous: Option<&Settings>) -> Result<Settin
         ovmf_code: DEFAULT_OVMF_CODE.into(),
         ovmf_vars: DEFAULT_OVMF_VARS.into(),
         qemu: "qemu-system-x86_64".into(),
+        stick: Stick::Full,
     };
     let base = previous.unwrap_or(&d);
     let s = Settings {
@@ -86,6 +88,7 @@ fn settings(machine: &MachineArgs, previous: Option<&Settings>) -> Result<Settin
         ovmf_code: machine.ovmf_code.clone().unwrap_or_else(|| base.ovmf_code.clone()),
         ovmf_vars: machine.ovmf_vars.clone().unwrap_or_else(|| base.ovmf_vars.clone()),
         qemu: machine.qemu.clone().unwrap_or_else(|| base.qemu.clone()),
+        stick: machine.stick.unwrap_or(base.stick),
     };
     if s.memory_mib < 512 {
         return Err(BadInput(format!(
@@ -380,12 +383,16 @@ pub fn run(req: &Request<'_>) -> Result<()> {
 fn print_summary(state: &StateDir, saved: &Saved, manifest: &Manifest, accel: Accel, started: &[String]) {
     if !started.is_empty() {
         println!(
-            "Started {} ({}, {} CPU{}, {} MiB each) on a private network segment.",
+            "Started {} ({}, {} CPU{}, {} MiB each{}) on a private network segment.",
             started.join(", "),
             accel.as_str(),
             saved.settings.cpus,
             if saved.settings.cpus == 1 { "" } else { "s" },
-            saved.settings.memory_mib
+            saved.settings.memory_mib,
+            match saved.settings.stick {
+                Stick::Full => String::new(),
+                other => format!(", booting from a {} stick", other.as_str()),
+            }
         );
     }
     println!(
@@ -604,6 +611,7 @@ mod tests {
             ovmf_code: dir.join("VARS.fd"),
             ovmf_vars: dir.join("VARS.fd"),
             qemu: "qemu-system-x86_64".into(),
+            stick: Stick::Full,
         }
     }
 }
