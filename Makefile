@@ -28,6 +28,9 @@ demo: toolchain host-deps
 ## image booted in QEMU, and rehearsal drills 1-3 (three VMs; `make qemu-test` runs all six)
 test: toolchain test-deps lint
 	$(CARGO) test --locked
+	@# The rendered kubeadm configuration against the real kubeadm built here (cached): every
+	@# config validated, the slow-hardware settings read back from the static pods it writes.
+	bash qemu-tests/real/validate-kubeadm.sh
 	bash qemu-tests/boot-one.sh
 	bash qemu-tests/drills.sh 1 2 3
 	@# The largest real check that fits in CI: the real components built from Go modules

@@ -78,7 +78,7 @@ import pathlib, sys
 
 # What each static pod must carry (README, "Made for slow hardware").
 want = {
-    "etcd": {"args": ["--heartbeat-interval=500", "--election-timeout=5000"],
+    "etcd": {"args": ["--heartbeat-interval=500", "--election-timeout=5000", "--backend-batch-interval=10s"],
              "readiness": 10, "liveness": (20, 9)},
     "kube-apiserver": {"args": [], "readiness": 10, "liveness": (20, 9)},
     "kube-controller-manager": {"args": ["--leader-elect-lease-duration=137s", "--leader-elect-renew-deadline=107s",

@@ -96,7 +96,11 @@ pub fn node_args(vm: &NodeVm<'_>) -> Vec<OsString> {
     a.push(with_path("if=pflash,format=raw,file=", &f.vars, ""));
     a.push("-drive".into());
     // The USB stick: at the host's speed, or throttled to a cheap stick's (`--stick`).
-    a.push(with_path("if=none,id=boot,format=qcow2,file=", &f.boot, &s.stick.drive_options()));
+    a.push(with_path(
+        "if=none,id=boot,format=qcow2,file=",
+        &f.boot,
+        &s.stick.drive_options(),
+    ));
     push(&mut a, &["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
     if let Some(sata) = vm.sata {
         push(&mut a, &["-device", "ahci,id=ahci"]);

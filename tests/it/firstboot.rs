@@ -444,7 +444,11 @@ fn init_calls(m: &Machine) -> Vec<String> {
 }
 
 fn kubeadm_calls(m: &Machine) -> Vec<String> {
-    m.calls().lines().filter(|l| l.starts_with("kubeadm ")).map(String::from).collect()
+    m.calls()
+        .lines()
+        .filter(|l| l.starts_with("kubeadm "))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -524,7 +528,9 @@ fn the_init_node_continues_after_its_local_phases_when_started_again() {
     let text = log(&out);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("kubeadm init wrote this node's control plane in an earlier attempt; continuing with the phases after it"),
+        text.contains(
+            "kubeadm init wrote this node's control plane in an earlier attempt; continuing with the phases after it"
+        ),
         "{text}"
     );
     assert_eq!(kubeadm_calls(&m), init_calls(&m)[1..]);
@@ -546,7 +552,10 @@ fn an_init_that_fails_twice_more_after_its_local_phases_starts_over() {
     let out = m.run_script("bootstrap", &[]);
     let text = log(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("continuing kubeadm init failed twice; starting over"), "{text}");
+    assert!(
+        text.contains("continuing kubeadm init failed twice; starting over"),
+        "{text}"
+    );
     let calls = kubeadm_calls(&m);
     assert_eq!(calls[0], "kubeadm reset --force");
     assert_eq!(calls[1..], init_calls(&m));
