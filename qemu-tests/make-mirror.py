@@ -68,8 +68,8 @@ EXTRA = {
 # kubeadm reset removes the manifest. Answers carry X-Kubestick-Double-Node: <hostname>,
 # so a drill can tell which node answered at the VIP. (EXTRA strings pass through
 # str.format, so these use no braces.)
-APISERVER_KUBEADM = r"""case "$1 ${2:-}" in
-"init phase"|"join phase") ;;  # the bootstrap's later phases: the first call did the work
+APISERVER_KUBEADM = r"""case "$*" in
+"init phase"*|"join phase"*) ;;  # the bootstrap's later phases: the first call did the work
 init*|join*)
     config=; prev=; for a do [ "$prev" = --config ] && config=$a; prev=$a; done
     if [ "$1" = init ] || grep -q '^controlPlane:' "$config" 2>/dev/null; then

@@ -32,6 +32,8 @@ struct InitConfiguration {
     #[serde(rename = "localAPIEndpoint")]
     local_api_endpoint: ApiEndpoint,
     node_registration: NodeRegistration,
+    timeouts: Option<Timeouts>,
+    patches: Option<Patches>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +98,16 @@ struct ClusterConfiguration {
     #[serde(rename = "apiServer")]
     api_server: ApiServer,
     etcd: Etcd,
+    controller_manager: Option<ControlPlaneComponent>,
+    scheduler: Option<ControlPlaneComponent>,
+}
+
+/// v1beta4's ControlPlaneComponent, as far as kubestick sets it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ControlPlaneComponent {
+    extra_args: Vec<Arg>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +154,7 @@ struct Etcd {
 #[allow(dead_code)]
 struct LocalEtcd {
     data_dir: String,
+    extra_args: Option<Vec<Arg>>,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +206,15 @@ struct JoinConfiguration {
     node_registration: NodeRegistration,
     control_plane: Option<JoinControlPlane>,
     timeouts: Option<Timeouts>,
+    patches: Option<Patches>,
+}
+
+/// v1beta4's `patches`: a directory of `<component>[suffix][+patchtype].<ext>` files.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct Patches {
+    directory: String,
 }
 
 /// v1beta4's `timeouts` (metav1.Duration strings such as "15m0s").
@@ -202,7 +224,10 @@ struct JoinConfiguration {
 struct Timeouts {
     control_plane_component_health_check: Option<Duration>,
     kubelet_health_check: Option<Duration>,
+    // Upstream's json tags spell the acronym in capitals, which camelCase would not.
+    #[serde(rename = "kubernetesAPICall")]
     kubernetes_api_call: Option<Duration>,
+    #[serde(rename = "etcdAPICall")]
     etcd_api_call: Option<Duration>,
     tls_bootstrap: Option<Duration>,
     discovery: Option<Duration>,
