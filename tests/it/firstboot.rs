@@ -200,6 +200,16 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// Runs the bootstrap, which must succeed; its output.
+    fn bootstrap_ok(&self, extra_env: &[(&str, &str)]) -> String {
+        let out = self.run_script("bootstrap", extra_env);
+        let text = log(&out);
+        assert!(out.status.success(), "{text}");
+        text
+    }
+}
+
 fn log(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
@@ -454,9 +464,7 @@ fn kubeadm_calls(m: &Machine) -> Vec<String> {
 #[test]
 fn the_init_node_creates_the_cluster_when_no_api_answers() {
     let m = bootstrap_machine("cp-1", "control-plane");
-    let out = m.run_script("bootstrap", &[]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[]);
     assert!(text.contains("this is the init node, creating the cluster"), "{text}");
     assert_eq!(kubeadm_calls(&m), init_calls(&m));
     let done = fs::read_to_string(m.path("state/bootstrap.done")).unwrap();
@@ -469,12 +477,7 @@ fn a_failed_init_phase_is_retried_on_its_own_without_a_reset() {
     // A call of kubeadm's misses its deadline on a busy PC: that phase alone is tried again;
     // the certificates, manifests and kubelet kubeadm wrote before it stay.
     let m = bootstrap_machine("cp-1", "control-plane");
-    let out = m.run_script(
-        "bootstrap",
-        &[("FAKE_FAIL_PHASE", "upload-config"), ("FAKE_FAIL_TIMES", "2")],
-    );
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[("FAKE_FAIL_PHASE", "upload-config"), ("FAKE_FAIL_TIMES", "2")]);
     assert!(
         text.contains("kubeadm init phase upload-config all failed (try 2 of 6); again in 20s"),
         "{text}"
@@ -507,9 +510,7 @@ fn the_init_node_waits_for_its_own_api_server_before_the_phases_that_need_it() {
     assert_eq!(kubeadm_calls(&m), init_calls(&m)[..1]);
     // Started again by systemd, it continues once the API server answers.
     fs::write(m.path("k8s/kubelet.conf"), "from kubeadm init\n").unwrap();
-    let out = m.run_script("bootstrap", &[]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[]);
     assert!(text.contains("this node's API server answers after 0s"), "{text}");
     assert_eq!(kubeadm_calls(&m), init_calls(&m));
 }
@@ -524,9 +525,7 @@ fn the_init_node_continues_after_its_local_phases_when_started_again() {
     // What kubeadm's local phases left: a reset would throw it away.
     fs::write(m.path("k8s/kubelet.conf"), "from kubeadm init\n").unwrap();
     fs::remove_file(m.path("calls")).unwrap();
-    let out = m.run_script("bootstrap", &[]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[]);
     assert!(
         text.contains(
             "kubeadm init wrote this node's control plane in an earlier attempt; continuing with the phases after it"
@@ -549,9 +548,7 @@ fn an_init_that_fails_twice_more_after_its_local_phases_starts_over() {
     }
     // Two continuations failed: the third start resets and begins again.
     fs::remove_file(m.path("calls")).unwrap();
-    let out = m.run_script("bootstrap", &[]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[]);
     assert!(
         text.contains("continuing kubeadm init failed twice; starting over"),
         "{text}"
@@ -565,9 +562,7 @@ fn an_init_that_fails_twice_more_after_its_local_phases_starts_over() {
 #[test]
 fn other_control_plane_nodes_wait_then_join() {
     let m = bootstrap_machine("cp-2", "control-plane");
-    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "2")]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[("FAKE_API_AFTER", "2")]);
     assert_eq!(
         text.matches("waiting for the API at https://10.77.0.10:6443 (the cluster is created by cp-1)")
             .count(),
@@ -652,16 +647,11 @@ fn a_reflashed_control_plane_node_replaces_its_stale_etcd_member_and_node() {
     let m = bootstrap_machine("cp-2", "control-plane");
     let members = "8e9e05c52164694d, started, cp-1, https://10.77.0.21:2380, https://10.77.0.21:2379, false\n\
                    3a57933972cb5131, started, cp-2, https://10.77.0.22:2380, https://10.77.0.22:2379, false\n";
-    let out = m.run_script(
-        "bootstrap",
-        &[
-            ("FAKE_API_AFTER", "0"),
-            ("FAKE_NODE_EXISTS", "1"),
-            ("FAKE_ETCD_MEMBERS", members),
-        ],
-    );
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[
+        ("FAKE_API_AFTER", "0"),
+        ("FAKE_NODE_EXISTS", "1"),
+        ("FAKE_ETCD_MEMBERS", members),
+    ]);
     assert!(
         text.contains("etcd still lists cp-2 (member 3a57933972cb5131, from an earlier life or attempt of this node)"),
         "{text}"
@@ -691,12 +681,7 @@ fn control_plane_nodes_join_one_at_a_time() {
     // cp-3 took the turn a moment ago and is joining: cp-2 waits until it is given back.
     let m = bootstrap_machine("cp-2", "control-plane");
     fs::write(m.path("lease"), format!("cp-3 {} 7\n", utc_now())).unwrap();
-    let out = m.run_script(
-        "bootstrap",
-        &[("FAKE_API_AFTER", "0"), ("FAKE_TURN_FREED_DURING_SLEEP", "1")],
-    );
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[("FAKE_API_AFTER", "0"), ("FAKE_TURN_FREED_DURING_SLEEP", "1")]);
     assert!(
         text.contains("waiting for cp-3 to finish joining the control plane"),
         "{text}"
@@ -714,9 +699,7 @@ fn control_plane_nodes_join_one_at_a_time() {
 fn a_turn_left_by_a_node_that_lost_power_is_taken_over() {
     let m = bootstrap_machine("cp-2", "control-plane");
     fs::write(m.path("lease"), "cp-3 2026-01-01T00:00:00.000000Z 7\n").unwrap();
-    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[("FAKE_API_AFTER", "0")]);
     assert!(
         text.contains("took over the control-plane join turn from cp-3"),
         "{text}"
@@ -740,9 +723,7 @@ fn a_node_keeps_its_turn_across_a_failed_join() {
         "the failed node still holds the turn, so no other node joins into its half-done etcd change"
     );
     assert!(!m.path("state/bootstrap-admin.conf").exists());
-    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0")]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[("FAKE_API_AFTER", "0")]);
     assert!(
         text.contains("holding the control-plane join turn since an earlier attempt"),
         "{text}"
@@ -805,9 +786,7 @@ fn a_learner_left_by_an_interrupted_join_is_removed_before_joining_again() {
     let members = "8e9e05c52164694d, started, cp-1, https://10.77.0.21:2380, https://10.77.0.21:2379, false\n\
                    2c8ff7f508e72bb8, unstarted, , https://10.77.0.22:2380, , true\n\
                    5a1c0ffee0000001, unstarted, , https://10.77.0.23:2380, , true\n";
-    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0"), ("FAKE_ETCD_MEMBERS", members)]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[("FAKE_API_AFTER", "0"), ("FAKE_ETCD_MEMBERS", members)]);
     let calls = m.calls();
     let remove = calls
         .find("member remove 2c8ff7f508e72bb8")
@@ -823,9 +802,7 @@ fn a_learner_left_by_an_interrupted_join_is_removed_before_joining_again() {
 #[test]
 fn a_failed_etcd_join_is_retried_without_a_reset() {
     let m = bootstrap_machine("cp-2", "control-plane");
-    let out = m.run_script("bootstrap", &[("FAKE_API_AFTER", "0"), ("FAKE_ETCD_JOIN_FAILS", "2")]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[("FAKE_API_AFTER", "0"), ("FAKE_ETCD_JOIN_FAILS", "2")]);
     assert!(
         text.contains("kubeadm join phase etcd-join failed (try 2 of 6); again in 20s"),
         "{text}"
@@ -857,9 +834,7 @@ fn pods_and_etcd_data_a_reset_left_behind_are_removed() {
     let m = bootstrap_machine("cp-1", "control-plane");
     fs::create_dir_all(m.path("etcd/member/wal")).unwrap();
     fs::write(m.path("etcd/member/wal/0.wal"), "old").unwrap();
-    let out = m.run_script("bootstrap", &[("FAKE_PODS_LEFT", "3f1c2e\n")]);
-    let text = log(&out);
-    assert!(out.status.success(), "{text}");
+    let text = m.bootstrap_ok(&[("FAKE_PODS_LEFT", "3f1c2e\n")]);
     assert!(text.contains("an earlier attempt left kubeadm state behind"), "{text}");
     assert!(
         text.contains("kubeadm reset left pods running; removing them"),
