@@ -786,7 +786,7 @@ fn a_learner_left_by_an_interrupted_join_is_removed_before_joining_again() {
     let members = "8e9e05c52164694d, started, cp-1, https://10.77.0.21:2380, https://10.77.0.21:2379, false\n\
                    2c8ff7f508e72bb8, unstarted, , https://10.77.0.22:2380, , true\n\
                    5a1c0ffee0000001, unstarted, , https://10.77.0.23:2380, , true\n";
-    let text = m.bootstrap_ok(&[("FAKE_API_AFTER", "0"), ("FAKE_ETCD_MEMBERS", members)]);
+    m.bootstrap_ok(&[("FAKE_API_AFTER", "0"), ("FAKE_ETCD_MEMBERS", members)]);
     let calls = m.calls();
     let remove = calls
         .find("member remove 2c8ff7f508e72bb8")
