@@ -36,8 +36,8 @@
 # drills 3 and 6 need three).
 # Sizing: each VM gets REAL_CPUS (default 2, kubeadm's preflight minimum for a control-plane
 # node) and REAL_MEMORY MiB (default 2560); REAL_STICK=usb2 throttles every boot disk to a
-# cheap USB 2 stick (`kubestick vm --stick`; default full speed). Three real control-plane nodes need KVM or more
-# host cores than this project's machines have: under TCG one idle control-plane node keeps
+# cheap USB 2 stick (`kubestick vm --stick`; default full speed). Three real control-plane
+# nodes need KVM or more host cores than this project's machines have: under TCG one idle control-plane node keeps
 # 1.1 host cores busy, and on 2 cores two of them already restart each other's API servers
 # under liveness probes and lose etcd's leader. Where KVM does not boot the image and the
 # host has fewer than REAL_TCG_CORES_FOR_THREE (6) cores, the default is the largest real
@@ -76,6 +76,7 @@ plan() {
 WORKER=optiplex-4
 CPUS=${REAL_CPUS:-2}
 MEMORY=${REAL_MEMORY:-2560}
+STICK=${REAL_STICK:-full}
 # Bounds no loaded 2-core machine misses under TCG; the measured times are reported.
 FORM_BOUND=${FORM_BOUND:-3600}
 STEP_BOUND=${STEP_BOUND:-1800}
@@ -203,8 +204,8 @@ else
     fail "kubestick build failed" "$work/build.log"
   size_control_plane "$(pick_accel "$out/optiplex-1.img")"
   date +%s >"$work/power-on"
-  log "powering on ${NODES[*]} together (${CPUS} CPUs, ${MEMORY} MiB, ${REAL_STICK:-full} stick each)"
-  vm up "$out" "${NODES[@]}" --cpus "$CPUS" --memory "$MEMORY" --stick "${REAL_STICK:-full}" >"$work/up.log" 2>&1 ||
+  log "powering on ${NODES[*]} together (${CPUS} CPUs, ${MEMORY} MiB, $STICK stick each)"
+  vm up "$out" "${NODES[@]}" --cpus "$CPUS" --memory "$MEMORY" --stick "$STICK" >"$work/up.log" 2>&1 ||
     fail "kubestick vm up failed" "$work/up.log"
 fi
 read_ports
