@@ -28,6 +28,8 @@ out_root=${REAL_INGRESS_DIR:-$repo/target/real-ingress}
 
 log() { printf '[real-ingress] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=build-lib.sh
+. "$here/build-lib.sh"
 
 command -v go >/dev/null || die "go not found"
 
@@ -42,36 +44,13 @@ go_version=$(go env GOVERSION)
 # ---- cache key -------------------------------------------------------------------------
 key_inputs() {
 	printf 'go=%s goos=%s goarch=%s\n' "$go_version" "$GOOS" "$GOARCH"
-	sha256sum "$here/build-ingress.sh"
+	sha256sum "$here/build-ingress.sh" "$here/build-lib.sh"
 	(cd "$wrappers" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) \
 		-print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 }
-key=$(key_inputs | sha256sum | cut -c1-16)
-final=$out_root/$key
+exit_if_built "$(key_inputs | sha256sum | cut -c1-16)"
 
-if [[ -d $final ]]; then
-	log "up to date: $final"
-	echo "$final"
-	exit 0
-fi
-
-mkdir -p "$out_root"
-tmp=$(mktemp -d "$out_root/.tmp-$key.XXXXXX")
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-bin=$tmp/bin
-mkdir -p "$bin"
-
-manifest=$tmp/VERSIONS
-printf '# component\tversion\tsource\n' >"$manifest"
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$manifest"; }
-
-# modver/modtime DIR MODULE: version and (proxy) release time of MODULE as selected by the
-# wrapper module in DIR
-modver() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
-modtime() { (cd "$1" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' "$2"); }
-# moddir DIR MODULE: where MODULE (as selected by the wrapper in DIR) sits in the module cache
-moddir() { (cd "$1" && go mod download -json "$2" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'); }
+start_tree
 
 # gobuild DIR TAGS LDFLAGS OUT PKG...  (CGO_ENABLED=0 as every upstream here builds)
 gobuild() {
@@ -119,11 +98,7 @@ for c in pebble pebble-challtestsrv; do
 done
 
 # ---- checks and metadata --------------------------------------------------------------------
-while IFS= read -r -d '' f; do
-	if readelf -l "$f" | grep -q 'Requesting program interpreter'; then
-		die "$f is dynamically linked"
-	fi
-done < <(find "$bin" -type f -print0)
+check_static
 
 got=$("$bin/traefik" version)
 grep -qE "^Version:[[:space:]]+${traefik_ver#v}$" <<<"$got" || die "traefik version printed: $got"
@@ -145,12 +120,4 @@ find "$tmp" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$tmp" && find bin -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) >"$tmp/SHA256SUMS"
 touch -d "@$SOURCE_DATE_EPOCH" "$tmp/SHA256SUMS" "$tmp"
 
-chmod -R a+rX "$tmp"
-if mv -T "$tmp" "$final" 2>/dev/null; then
-	trap - EXIT
-else
-	[[ -d $final ]] || die "could not rename $tmp to $final"
-	log "another run finished $final first; keeping it"
-fi
-log "done: $final"
-echo "$final"
+finish_tree

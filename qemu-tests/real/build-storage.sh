@@ -28,6 +28,8 @@ debian_mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 log() { printf '[real-storage] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=build-lib.sh
+. "$here/build-lib.sh"
 
 command -v go >/dev/null || die "go not found"
 command -v mmdebstrap >/dev/null || die "mmdebstrap not found (apt-get install -y mmdebstrap)"
@@ -57,33 +59,15 @@ mmdebstrap_version=$(mmdebstrap --version | awk '{print $2}')
 # ---- cache key -------------------------------------------------------------------------
 key_inputs() {
 	printf 'go=%s mmdebstrap=%s goos=%s goarch=%s\n' "$go_version" "$mmdebstrap_version" "$GOOS" "$GOARCH"
-	sha256sum "$here/build-storage.sh"
+	sha256sum "$here/build-storage.sh" "$here/build-lib.sh"
 	(cd "$wrappers" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) \
 		-print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 }
-key=$(key_inputs | sha256sum | cut -c1-16)
-final=$out_root/$key
+exit_if_built "$(key_inputs | sha256sum | cut -c1-16)"
 
-if [[ -d $final ]]; then
-	log "up to date: $final"
-	echo "$final"
-	exit 0
-fi
+start_tree
 
-mkdir -p "$out_root"
-tmp=$(mktemp -d "$out_root/.tmp-$key.XXXXXX")
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-bin=$tmp/bin
-mkdir -p "$bin"
-
-manifest=$tmp/VERSIONS
-printf '# component\tversion\tsource\n' >"$manifest"
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$manifest"; }
-
-# modver/modorigin DIR MODULE: version and origin commit of MODULE as selected by the
-# wrapper module in DIR
-modver() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
+# modorigin DIR MODULE: origin commit of MODULE as selected by the wrapper module in DIR
 modorigin() {
 	local info
 	info=$(cd "$1" && go mod download -json "$2" | sed -n 's/^[[:space:]]*"Info": "\(.*\)",$/\1/p')
@@ -173,11 +157,7 @@ rootfs_unpacked=$(awk '{s += $3} END {print s}' <<<"$listing")
 record ceph-rootfs "$ceph_version" "Debian sid via mmdebstrap (ceph-rootfs.packages)"
 
 # ---- checks and metadata --------------------------------------------------------------------
-while IFS= read -r -d '' f; do
-	if readelf -l "$f" | grep -q 'Requesting program interpreter'; then
-		die "$f is dynamically linked"
-	fi
-done < <(find "$bin" -type f -print0)
+check_static
 
 {
 	printf 'key\t%s\n' "$key"
@@ -193,12 +173,4 @@ find "$tmp" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$tmp" && find bin -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum && sha256sum ceph-rootfs.tar) >"$tmp/SHA256SUMS"
 touch -d "@$SOURCE_DATE_EPOCH" "$tmp/SHA256SUMS" "$tmp"
 
-chmod -R a+rX "$tmp"
-if mv -T "$tmp" "$final" 2>/dev/null; then
-	trap - EXIT
-else
-	[[ -d $final ]] || die "could not rename $tmp to $final"
-	log "another run finished $final first; keeping it"
-fi
-log "done: $final"
-echo "$final"
+finish_tree

@@ -25,6 +25,8 @@ out_root=${REAL_ARTIFACTS_DIR:-$repo/target/real-artifacts}
 
 log() { printf '[real-build] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=build-lib.sh
+. "$here/build-lib.sh"
 
 command -v go >/dev/null || die "go not found"
 command -v gcc >/dev/null || die "gcc not found (apt-get install -y gcc)"
@@ -42,32 +44,16 @@ key_inputs() {
 	printf 'go=%s gcc=%s libseccomp=%s goos=%s goarch=%s\n' \
 		"$go_version" "$gcc_version" "$seccomp_version" "$GOOS" "$GOARCH"
 	# flannel/flanneld/main.go is generated from the pinned module (below): not an input.
-	(cd "$here" && find . -type f \( -name build.sh -o -name go.mod -o -name go.sum -o -name '*.go' \) \
+	(cd "$here" && find . -type f \( -name build.sh -o -name build-lib.sh -o -name go.mod -o -name go.sum -o -name '*.go' \) \
 		-not -path ./flannel/flanneld/main.go \
 		-print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 }
-key=$(key_inputs | sha256sum | cut -c1-16)
-final=$out_root/$key
-
-if [[ -d $final ]]; then
-	log "up to date: $final"
-	echo "$final"
-	exit 0
-fi
+exit_if_built "$(key_inputs | sha256sum | cut -c1-16)"
 
 [[ $seccomp_version != none ]] || die "libseccomp-dev missing (apt-get install -y libseccomp-dev pkg-config)"
 
-mkdir -p "$out_root"
-tmp=$(mktemp -d "$out_root/.tmp-$key.XXXXXX")
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-bin=$tmp/bin
+start_tree
 mkdir -p "$bin/cni"
-
-# version of module $2 selected by wrapper $1
-modver() { (cd "$here/$1" && go list -m -f '{{.Version}}' "$2"); }
-# directory of module $2 in the module cache, as selected by wrapper $1
-moddir() { (cd "$here/$1" && go mod download -json "$2" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'); }
 
 # gobuild WRAPPER CGO TAGS LDFLAGS OUT PKG...
 gobuild() {
@@ -77,13 +63,9 @@ gobuild() {
 	(cd "$here/$wrapper" && CGO_ENABLED=$cgo nice -n 19 go build -tags "$tags" -ldflags "$ldflags" -o "$out" "$@")
 }
 
-manifest=$tmp/VERSIONS
-printf '# component\tversion\tsource\n' >"$manifest"
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$manifest"; }
-
 # ---- Kubernetes + agnhost ---------------------------------------------------
-k8s_ver=$(modver kubernetes k8s.io/kubernetes)
-k8s_time=$(cd "$here/kubernetes" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)
+k8s_ver=$(modver "$here/kubernetes" k8s.io/kubernetes)
+k8s_time=$(modtime "$here/kubernetes" k8s.io/kubernetes)
 k8s_minor=${k8s_ver#v1.}
 k8s_minor=${k8s_minor%%.*}
 k8s_ld="-s -w"
@@ -96,7 +78,7 @@ k8s_pkgs=()
 for c in "${k8s_cmds[@]}"; do k8s_pkgs+=("k8s.io/kubernetes/cmd/$c"); done
 gobuild kubernetes 0 "" "$k8s_ld" "$bin/" "${k8s_pkgs[@]}"
 for c in "${k8s_cmds[@]}"; do record "$c" "$k8s_ver" "k8s.io/kubernetes@$k8s_ver/cmd/$c"; done
-k8s_dir=$(moddir kubernetes k8s.io/kubernetes)
+k8s_dir=$(moddir "$here/kubernetes" k8s.io/kubernetes)
 # agnhost's own Makefile sets main.Version from test/images/agnhost/VERSION.
 agnhost_ver=$(<"$k8s_dir/test/images/agnhost/VERSION")
 gobuild kubernetes 0 "" "$k8s_ld -X main.Version=$agnhost_ver" "$bin/agnhost" k8s.io/kubernetes/test/images/agnhost
@@ -119,7 +101,7 @@ strip "$bin/pause"
 record pause "$pause_image" "k8s.io/kubernetes@$k8s_ver/build/pause/linux/pause.c"
 
 # ---- etcd --------------------------------------------------------------------
-etcd_ver=$(modver etcd go.etcd.io/etcd/server/v3)
+etcd_ver=$(modver "$here/etcd" go.etcd.io/etcd/server/v3)
 [[ ${etcd_image%%-*} == "${etcd_ver#v}" ]] || die "etcd wrapper has $etcd_ver, kubeadm wants $etcd_image"
 etcd_ld="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=gomod-$etcd_ver"
 gobuild etcd 0 "" "$etcd_ld" "$bin/etcd" go.etcd.io/etcd/server/v3
@@ -128,15 +110,15 @@ record etcd "$etcd_ver" "go.etcd.io/etcd/server/v3@$etcd_ver"
 record etcdctl "$etcd_ver" "go.etcd.io/etcd/etcdctl/v3@$etcd_ver"
 
 # ---- CoreDNS -------------------------------------------------------------------
-coredns_ver=$(modver coredns github.com/coredns/coredns)
+coredns_ver=$(modver "$here/coredns" github.com/coredns/coredns)
 [[ $coredns_ver == "$coredns_image" ]] || die "coredns wrapper has $coredns_ver, kubeadm wants $coredns_image"
 gobuild coredns 0 "" "-s -w -X github.com/coredns/coredns/coremain.GitCommit=gomod-$coredns_ver" \
 	"$bin/coredns" github.com/coredns/coredns
 record coredns "$coredns_ver" "github.com/coredns/coredns@$coredns_ver"
 
 # ---- flannel -------------------------------------------------------------------
-flannel_ver=$(modver flannel github.com/flannel-io/flannel)
-flannel_dir=$(moddir flannel github.com/flannel-io/flannel)
+flannel_ver=$(modver "$here/flannel" github.com/flannel-io/flannel)
+flannel_dir=$(moddir "$here/flannel" github.com/flannel-io/flannel)
 # flanneld is upstream's main.go minus the tencentvpc backend import (its SDK module is not
 # served), generated from the pinned module rather than kept as a copy.
 tencent='_ "github.com/flannel-io/flannel/pkg/backend/tencentvpc"'
@@ -149,7 +131,7 @@ gobuild flannel 1 "" "-s -w -X github.com/flannel-io/flannel/pkg/version.Version
 record flanneld "$flannel_ver" "github.com/flannel-io/flannel@$flannel_ver (main.go without tencentvpc backend)"
 
 # ---- CNI plugins -----------------------------------------------------------------
-cni_ver=$(modver cni-plugins github.com/containernetworking/plugins)
+cni_ver=$(modver "$here/cni-plugins" github.com/containernetworking/plugins)
 cni_ld="-extldflags -static -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$cni_ver"
 cni_pkgs=(plugins/main/bridge plugins/ipam/host-local plugins/main/loopback plugins/meta/portmap)
 gobuild cni-plugins 0 "" "$cni_ld" "$bin/cni/" "${cni_pkgs[@]/#/github.com/containernetworking/plugins/}"
@@ -157,20 +139,20 @@ for p in "${cni_pkgs[@]}"; do record "cni/${p##*/}" "$cni_ver" "github.com/conta
 
 # flannel's CNI plugin: github.com/flannel-io/cni-plugin is not served by the
 # module proxy; the same plugin lived in containernetworking/plugins until v0.9.1.
-fcni_ver=$(modver flannel-cni github.com/containernetworking/plugins)
+fcni_ver=$(modver "$here/flannel-cni" github.com/containernetworking/plugins)
 gobuild flannel-cni 0 "" \
 	"-extldflags -static -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$fcni_ver" \
 	"$bin/cni/flannel" github.com/containernetworking/plugins/plugins/meta/flannel
 record cni/flannel "$fcni_ver" "github.com/containernetworking/plugins@$fcni_ver/plugins/meta/flannel"
 
 # ---- crictl ---------------------------------------------------------------------
-crictl_ver=$(modver cri-tools sigs.k8s.io/cri-tools)
+crictl_ver=$(modver "$here/cri-tools" sigs.k8s.io/cri-tools)
 gobuild cri-tools 0 "" "-X sigs.k8s.io/cri-tools/pkg/version.Version=${crictl_ver#v}" \
 	"$bin/crictl" sigs.k8s.io/cri-tools/cmd/crictl
 record crictl "$crictl_ver" "sigs.k8s.io/cri-tools@$crictl_ver/cmd/crictl"
 
 # ---- containerd -------------------------------------------------------------------
-ctrd_ver=$(modver containerd github.com/containerd/containerd/v2)
+ctrd_ver=$(modver "$here/containerd" github.com/containerd/containerd/v2)
 ctrd_pkg=github.com/containerd/containerd/v2
 ctrd_ld="-s -w -X $ctrd_pkg/version.Version=$ctrd_ver -X $ctrd_pkg/version.Revision=gomod-$ctrd_ver -X $ctrd_pkg/version.Package=$ctrd_pkg"
 gobuild containerd 0 "urfave_cli_no_docs" "$ctrd_ld" "$bin/" "$ctrd_pkg/cmd/containerd" "$ctrd_pkg/cmd/ctr"
@@ -178,7 +160,7 @@ gobuild containerd 0 "urfave_cli_no_docs no_grpc" "$ctrd_ld" "$bin/" "$ctrd_pkg/
 for c in containerd ctr containerd-shim-runc-v2; do record "$c" "$ctrd_ver" "$ctrd_pkg@$ctrd_ver/cmd/$c"; done
 
 # ---- runc (cgo, libseccomp, static-pie as upstream's "make static") ------------------
-runc_ver=$(modver runc github.com/opencontainers/runc)
+runc_ver=$(modver "$here/runc" github.com/opencontainers/runc)
 (
 	cd "$here/runc"
 	log "go build (runc): github.com/opencontainers/runc"
@@ -189,11 +171,7 @@ runc_ver=$(modver runc github.com/opencontainers/runc)
 record runc "$runc_ver" "github.com/opencontainers/runc@$runc_ver (libseccomp-dev $seccomp_version)"
 
 # ---- checks and metadata ---------------------------------------------------------------
-while IFS= read -r -d '' f; do
-	if readelf -l "$f" | grep -q 'Requesting program interpreter'; then
-		die "$f is dynamically linked"
-	fi
-done < <(find "$bin" -type f -print0)
+check_static
 
 {
 	printf 'key\t%s\n' "$key"
@@ -202,12 +180,4 @@ done < <(find "$bin" -type f -print0)
 } >"$tmp/BUILDINFO"
 (cd "$tmp" && find bin -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) >"$tmp/SHA256SUMS"
 
-chmod -R a+rX "$tmp"
-if mv -T "$tmp" "$final" 2>/dev/null; then
-	trap - EXIT
-else
-	[[ -d $final ]] || die "could not rename $tmp to $final"
-	log "another run finished $final first; keeping it"
-fi
-log "done: $final"
-echo "$final"
+finish_tree
