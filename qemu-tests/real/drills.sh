@@ -23,8 +23,9 @@
 #      REAL_CLOCK_AHEAD (400) days ahead, past the end of every certificate kubeadm issued
 #      (set 300 for "just inside the 90-day renewal margin"); kubestick-certs renews by
 #      itself, the API answers through the VIP with a certificate valid for another year,
-#      etcd is healthy, the nodes (the late worker too, when it ran) are Ready. Checked from inside the nodes (their clocks
-#      are ahead of the host's). It always runs last: the clocks stay ahead.
+#      etcd is healthy, the nodes (the late worker too, when it ran) are Ready. Checked
+#      from inside the nodes (their clocks are ahead of the host's). It always runs last:
+#      the clocks stay ahead.
 #   9  calm, as a number: the formed cluster left alone for REAL_CALM_SECONDS (1800);
 #      restarts of control-plane containers, etcd leader changes, failed /readyz through the
 #      VIP every 5 s, and observe.py's figures (idle CPU by process, stick writes per day,
@@ -37,12 +38,13 @@
 # Sizing: each VM gets REAL_CPUS (default 2, kubeadm's preflight minimum for a control-plane
 # node) and REAL_MEMORY MiB (default 2560); REAL_STICK=usb2 throttles every boot disk to a
 # cheap USB 2 stick (`kubestick vm --stick`; default full speed). Three real control-plane
-# nodes need KVM or more host cores than this project's machines have: under TCG one idle control-plane node keeps
-# 1.1 host cores busy, and on 2 cores two of them already restart each other's API servers
-# under liveness probes and lose etcd's leader. Where KVM does not boot the image and the
-# host has fewer than REAL_TCG_CORES_FOR_THREE (6) cores, the default is the largest real
-# check that fits, and the summary says what was skipped: the init node, then drills 5
-# (late worker), 2 (pod networking across the two nodes) and 4 (reboot of the init node). REAL_WORK=DIR keeps the VMs and reuses a rehearsal still
+# nodes need KVM or more host cores than this project's machines have: under TCG one idle
+# control-plane node keeps 1.1 host cores busy, and on 2 cores two of them already restart
+# each other's API servers under liveness probes and lose etcd's leader. Where KVM does not
+# boot the image and the host has fewer than REAL_TCG_CORES_FOR_THREE (6) cores, the
+# default is the largest real check that fits, and the summary says what was skipped: the
+# init node, then drills 5 (late worker), 2 (pod networking across the two nodes) and 4
+# (reboot of the init node). REAL_WORK=DIR keeps the VMs and reuses a rehearsal still
 # running there. Every serial log is kept on failure.
 set -euo pipefail
 # shellcheck source=qemu-tests/lib.sh
@@ -135,12 +137,10 @@ drill_fail() {
     tr -d '\r' <"$out/vm/$2/serial.log" | grep -aE 'kubestick[:-]' | tail -n 20 || true
     printf -- '--- the cluster ---\n'
     # After drill 8 the host's clock is a year behind the certificates: read from the node.
-    if ! kc get nodes -o wide 2>/dev/null; then
-      kin "$2" get nodes -o wide 2>&1 || true
-      kin "$2" get pods -A -o wide 2>&1 | grep -v ' Running ' || true
-    else
-      kc get pods -A -o wide 2>&1 | grep -v ' Running ' || true
-    fi
+    local reader=(kc)
+    kc get nodes >/dev/null 2>&1 || reader=(kin "$2")
+    "${reader[@]}" get nodes -o wide 2>&1 || true
+    "${reader[@]}" get pods -A -o wide 2>&1 | grep -v ' Running ' || true
   } >&2
   exit 1
 }
@@ -266,8 +266,17 @@ until_true() {
     sleep 5
   done
 }
+# new_boot_ready OLD_BOOT_ID KUBECTL...: the node KUBECTL reads (a `get node` command) runs a
+# boot other than OLD_BOOT_ID and is Ready. The Ready condition alone may be the one written
+# before a power-off, until a controller or the new kubelet changes it; the boot ID is
+# written only by the new kubelet.
+new_boot_ready() {
+  local got
+  got=$("${@:2}" -o jsonpath='{.status.nodeInfo.bootID}{" "}{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) || return 1
+  [[ $got == *" True" && ${got% *} != "$1" && -n ${got% *} ]]
+}
 # back_ready NODE OLD_BOOT_ID: NODE runs a new boot and is Ready.
-back_ready() { local id; id=$(boot_id "$1") && [[ -n $id && $id != "$2" ]] && is_ready "$1"; }
+back_ready() { new_boot_ready "$2" kc get node "$1"; }
 power_on_again() {
   vm start "$1" -o "$out" "${@:2}" >>"$work/up.log" 2>&1 || fail "kubestick vm start $1 failed" "$work/up.log"
   read_ports
@@ -563,15 +572,9 @@ renewed() {
   end=$(ssh_node "$1" sudo openssl x509 -noout -enddate -in /etc/kubernetes/pki/apiserver.crt 2>/dev/null) || return 1
   (($(date -u -d "${end#notAfter=}" +%s) - $(ssh_node "$1" date -u +%s) >= 360 * 86400))
 }
-# back_ready_inside FROM NODE OLD_BOOT_ID: NODE's kubelet of a new boot reports Ready, read
-# through FROM's admin.conf (the host's clock is a year behind the certificates). The Ready
-# condition alone is the one written before the power-off until a controller or the new
-# kubelet changes it; the boot ID is written only by the new kubelet.
-back_ready_inside() {
-  local got
-  got=$(kin "$1" get node "$2" -o jsonpath='{.status.nodeInfo.bootID}{" "}{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) || return 1
-  [[ $got == *" True" && ${got% *} != "$3" && ${got% *} != "" ]]
-}
+# back_ready_inside FROM NODE OLD_BOOT_ID: back_ready read through FROM's admin.conf (the
+# host's clock is a year behind the certificates).
+back_ready_inside() { new_boot_ready "$3" kin "$1" get node "$2"; }
 readyz_inside() { [[ $(kin "$1" get --raw /readyz 2>/dev/null) == ok ]]; }
 etcd_healthy_inside() {
   kin "$1" -n kube-system exec "etcd-$2" -- etcdctl --endpoints=https://127.0.0.1:2379 \
