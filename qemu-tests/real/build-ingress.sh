@@ -45,20 +45,11 @@ go_version=$(go env GOVERSION)
 key_inputs() {
 	printf 'go=%s goos=%s goarch=%s\n' "$go_version" "$GOOS" "$GOARCH"
 	sha256sum "$here/build-ingress.sh" "$here/build-lib.sh"
-	(cd "$wrappers" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) \
-		-print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+	wrapper_sums "$wrappers"
 }
 exit_if_built "$(key_inputs | sha256sum | cut -c1-16)"
 
 start_tree
-
-# gobuild DIR TAGS LDFLAGS OUT PKG...  (CGO_ENABLED=0 as every upstream here builds)
-gobuild() {
-	local dir=$1 tags=$2 ldflags=$3 out=$4
-	shift 4
-	log "go build ($(basename "$dir")): $*"
-	(cd "$dir" && nice -n 19 go build -tags "$tags" -ldflags "-buildid= $ldflags" -o "$out" "$@")
-}
 
 # ---- traefik ---------------------------------------------------------------------------------
 traefik_mod=github.com/traefik/traefik/v3
@@ -83,7 +74,7 @@ webui="none (module zip has only the webui/static placeholder)"
 traefik_codename=ramequin
 traefik_ld="-s -w -X $traefik_mod/pkg/version.Version=${traefik_ver#v}"
 traefik_ld+=" -X $traefik_mod/pkg/version.Codename=$traefik_codename -X $traefik_mod/pkg/version.BuildDate=$traefik_time"
-gobuild "$wrappers/traefik" "" "$traefik_ld" "$bin/traefik" "$traefik_mod/cmd/traefik"
+gobuild_static "$wrappers/traefik" "" "$traefik_ld" "$bin/traefik" "$traefik_mod/cmd/traefik"
 record traefik "$traefik_ver" "$traefik_mod@$traefik_ver/cmd/traefik (no web UI assets)"
 
 # ---- pebble ------------------------------------------------------------------------------------
@@ -93,7 +84,7 @@ pebble_ver=$(modver "$wrappers/pebble" "$pebble_mod")
 # the proxy gives no commit, so the module version stands in for it.
 pebble_ld="-s -w -X 'main.version=$pebble_ver ($pebble_mod@$pebble_ver)'"
 for c in pebble pebble-challtestsrv; do
-	gobuild "$wrappers/pebble" "" "$pebble_ld" "$bin/$c" "$pebble_mod/cmd/$c"
+	gobuild_static "$wrappers/pebble" "" "$pebble_ld" "$bin/$c" "$pebble_mod/cmd/$c"
 	record "$c" "$pebble_ver" "$pebble_mod@$pebble_ver/cmd/$c"
 done
 

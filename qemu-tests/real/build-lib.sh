@@ -10,6 +10,22 @@ modver() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
 modtime() { (cd "$1" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' "$2"); }
 moddir() { (cd "$1" && go mod download -json "$2" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'); }
 
+# wrapper_sums DIR: the checksums of every wrapper module's pins under DIR (a key input)
+wrapper_sums() {
+	(cd "$1" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) \
+		-print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+}
+
+# gobuild_static DIR TAGS LDFLAGS OUT PKG...: go build in the wrapper module DIR with
+# CGO_ENABLED=0 (as every upstream of build-storage.sh and build-ingress.sh builds) and no
+# build ID, so that rebuilds are byte-identical
+gobuild_static() {
+	local dir=$1 tags=$2 ldflags=$3 out=$4
+	shift 4
+	log "go build ($(basename "$dir")): $*"
+	(cd "$dir" && CGO_ENABLED=0 nice -n 19 go build -tags "$tags" -ldflags "-buildid= $ldflags" -o "$out" "$@")
+}
+
 # exit_if_built KEY: sets final; when that tree exists, prints it and exits (warm run)
 exit_if_built() {
 	key=$1

@@ -60,8 +60,7 @@ mmdebstrap_version=$(mmdebstrap --version | awk '{print $2}')
 key_inputs() {
 	printf 'go=%s mmdebstrap=%s goos=%s goarch=%s\n' "$go_version" "$mmdebstrap_version" "$GOOS" "$GOARCH"
 	sha256sum "$here/build-storage.sh" "$here/build-lib.sh"
-	(cd "$wrappers" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) \
-		-print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+	wrapper_sums "$wrappers"
 }
 exit_if_built "$(key_inputs | sha256sum | cut -c1-16)"
 
@@ -74,18 +73,10 @@ modorigin() {
 	sed -n 's/.*"Origin":{[^}]*"Hash":"\([0-9a-f]*\)".*/\1/p' "$info"
 }
 
-# gobuild DIR TAGS LDFLAGS OUT PKG...  (CGO_ENABLED=0 as every upstream here builds)
-gobuild() {
-	local dir=$1 tags=$2 ldflags=$3 out=$4
-	shift 4
-	log "go build ($(basename "$dir")): $*"
-	(cd "$dir" && nice -n 19 go build -tags "$tags" -ldflags "-buildid= $ldflags" -o "$out" "$@")
-}
-
 # ---- CSI sidecars served as modules --------------------------------------------------------
 att_ver=$(modver "$wrappers/external-attacher" github.com/kubernetes-csi/external-attacher/v4)
 # kubernetes-csi release-tools/build.make: CGO_ENABLED=0, -X main.version=<rev>, -extldflags -static.
-gobuild "$wrappers/external-attacher" "" "-s -w -X main.version=$att_ver -extldflags -static" \
+gobuild_static "$wrappers/external-attacher" "" "-s -w -X main.version=$att_ver -extldflags -static" \
 	"$bin/csi-attacher" github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher
 record csi-attacher "$att_ver" "github.com/kubernetes-csi/external-attacher/v4@$att_ver/cmd/csi-attacher"
 
@@ -94,7 +85,7 @@ addons_commit=$(modorigin "$wrappers/csi-addons" github.com/csi-addons/kubernete
 addons_pkg=github.com/csi-addons/kubernetes-csi-addons
 # Upstream Makefile: go build -ldflags '-X .../internal/version.{GitCommit,Version}' sidecar/main.go,
 # CGO_ENABLED=0 (build/Containerfile.sidecar); the image's entrypoint is /usr/sbin/csi-addons-sidecar.
-gobuild "$wrappers/csi-addons" "" \
+gobuild_static "$wrappers/csi-addons" "" \
 	"-s -w -X $addons_pkg/internal/version.GitCommit=$addons_commit -X $addons_pkg/internal/version.Version=$addons_ver" \
 	"$bin/csi-addons-sidecar" "$addons_pkg/sidecar"
 record csi-addons-sidecar "$addons_ver" "$addons_pkg@$addons_ver/sidecar (k8s-sidecar image)"
