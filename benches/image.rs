@@ -103,9 +103,12 @@ fn main() {
         &std::fs::read_to_string(work.join("doubles/artifacts.lock")).unwrap(),
     )
     .unwrap();
-    let cluster = kubestick::spec::load(&work.join("cluster.toml"), &lock.kubernetes_versions())
-        .unwrap_or_else(|e| panic!("{e}"))
-        .cluster;
+    let cluster = kubestick::spec::load(
+        &work.join("cluster.toml"),
+        &kubestick::spec::Releases::pinned(lock.kubernetes_versions()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .cluster;
     let secrets = kubestick::secrets::load(&work.join("cluster.secrets")).unwrap();
     let pins = lock
         .pins(&cluster.kubernetes_version, |_| None)

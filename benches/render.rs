@@ -49,7 +49,7 @@ fn time<T>(mut f: impl FnMut() -> T) -> Duration {
 
 fn main() {
     let toml = cluster_toml();
-    let versions = Lock::embedded().kubernetes_versions();
+    let versions = spec::Releases::pinned(Lock::embedded().kubernetes_versions());
     let tmp = tempfile::tempdir().unwrap();
     let (secrets, _) = secrets::load_or_create(&tmp.path().join("bench.secrets"), "homelab").unwrap();
     let cluster = spec::parse(Path::new("bench.toml"), &toml, &versions)

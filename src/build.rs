@@ -14,16 +14,32 @@ use crate::artifacts::download;
 use crate::artifacts::lock::{Image, Lock, Nodes};
 use crate::artifacts::oci::pull::Pulled;
 use crate::diag::Report;
+use crate::release::Release;
 use crate::render::{self, Rendered, Renderer};
 use crate::rootfs::{base, compose, tools};
 use crate::secrets::{self, Origin};
 use crate::spec::{self, Cluster, Role};
 use crate::{artifacts, bom, image, progress};
 
-/// Loads and validates the cluster file, printing warnings (errors end the run).
-pub fn load_cluster(path: &Path, lock: &Lock, styled: bool) -> Result<Cluster> {
-    let loaded = spec::load(path, &lock.kubernetes_versions())?;
+/// Loads and validates the cluster file, printing warnings (errors end the run). Its
+/// Kubernetes release is held against the lock and against the releases this cluster's sticks
+/// were built with (recorded in its state directory, `state` or the default beside the file).
+pub fn load_cluster(path: &Path, lock: &Lock, state: Option<&Path>, styled: bool) -> Result<Cluster> {
+    let state = state.map_or_else(|| secrets::default_dir(path), Path::to_path_buf);
+    let built = secrets::releases::read(&state)?;
+    let releases = spec::Releases {
+        pinned: lock.kubernetes_versions(),
+        built: secrets::releases::newest(&built).map(|r| (r, secrets::releases::path(&state))),
+    };
+    let loaded = spec::load(path, &releases)?;
     print_warnings(&loaded.report, styled);
+    let new = loaded.cluster.kubernetes_version.parse::<Release>();
+    if let (Some((newest, _)), Ok(new)) = (releases.built, new) {
+        let step = crate::release::step(newest, new);
+        if step != crate::release::Step::Same {
+            eprintln!("note: {}.", step.describe(newest, new));
+        }
+    }
     Ok(loaded.cluster)
 }
 
@@ -144,7 +160,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         tools::require("mmdebstrap", "build the Debian base image", "mmdebstrap")?;
     }
 
-    let cluster = load_cluster(req.cluster, &req.lock, req.styled)?;
+    let cluster = load_cluster(req.cluster, &req.lock, req.state.as_deref(), req.styled)?;
 
     eprintln!(
         "Fetching the pinned artifacts and images for Kubernetes {}...",
@@ -267,6 +283,9 @@ pub fn run(req: &Request<'_>) -> Result<()> {
         images.push(out);
     }
     image::write_checksums(images_dir, &images)?;
+    // Only now that sticks of this release exist does the cluster's next build answer to it.
+    let state = req.state.clone().unwrap_or_else(|| secrets::default_dir(req.cluster));
+    secrets::releases::record(&state, &cluster.kubernetes_version, time::OffsetDateTime::now_utc())?;
     // What `kubestick vm` needs to boot these images as a rehearsal (no secrets in it).
     crate::image::manifest::Manifest::from_cluster(&cluster).write(images_dir)?;
 

@@ -332,7 +332,7 @@ fn run(cli: Cli, styled: bool) -> Result<()> {
 fn check(path: &Path, state: Option<PathBuf>, kubeconfig: Option<PathBuf>, styled: bool) -> Result<()> {
     use crate::secrets::credentials;
     let lock = Lock::embedded();
-    let cluster = crate::build::load_cluster(path, &lock, styled)?;
+    let cluster = crate::build::load_cluster(path, &lock, state.as_deref(), styled)?;
     print!("{}", spec::plan(&cluster));
     let state = state.unwrap_or_else(|| crate::secrets::default_dir(path));
     if !state.exists() {
@@ -360,7 +360,7 @@ fn check(path: &Path, state: Option<PathBuf>, kubeconfig: Option<PathBuf>, style
 fn kubeconfig(path: &Path, output: &Path, state: Option<PathBuf>, days: u32, styled: bool) -> Result<()> {
     use crate::secrets::credentials;
     let lock = Lock::embedded();
-    let cluster = crate::build::load_cluster(path, &lock, styled)?;
+    let cluster = crate::build::load_cluster(path, &lock, state.as_deref(), styled)?;
     let state = state.unwrap_or_else(|| crate::secrets::default_dir(path));
     if !state.exists() {
         return Err(BadInput(format!(
@@ -399,7 +399,7 @@ fn kubeconfig(path: &Path, output: &Path, state: Option<PathBuf>, days: u32, sty
 
 fn render(path: &Path, output: &Path, state: Option<PathBuf>, styled: bool) -> Result<Rendered> {
     let lock = Lock::embedded();
-    let cluster = crate::build::load_cluster(path, &lock, styled)?;
+    let cluster = crate::build::load_cluster(path, &lock, state.as_deref(), styled)?;
     // Unpinned images are named by the digest an earlier fetch observed, if the cache has one.
     let cache = Cache::default_root().ok().and_then(|root| Cache::existing(&root));
     let pins = crate::build::pins(&lock, &cluster, |image| {
@@ -559,7 +559,7 @@ fn fetch(
     // For a cluster file, only what that cluster uses; for a release, everything.
     let (version, selection, images): (String, Vec<Artifact>, Vec<Image>) = match (&cluster, kubernetes) {
         (Some(path), _) => {
-            let cluster = crate::build::load_cluster(path, &lock, styled)?;
+            let cluster = crate::build::load_cluster(path, &lock, None, styled)?;
             let selection = lock.for_cluster(&cluster).cloned().collect();
             let images = lock.images_for_cluster(&cluster).cloned().collect();
             (cluster.kubernetes_version, selection, images)

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::bom::Category;
 use crate::error::BadInput;
+use crate::release::{self, Release};
 
 /// One difference, as a table row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +162,23 @@ pub fn compare(old: &Value, new: &Value) -> Vec<Change> {
         .collect()
 }
 
+/// The Kubernetes release change between the two builds in words (what it means for the
+/// order of flashing, or that a cluster on the old release refuses the new stick), if any.
+pub fn release_change(changes: &[Change]) -> Option<String> {
+    let c = changes.iter().find(|c| c.kind == "build" && c.name == "kubernetes")?;
+    let (from, to): (Release, Release) = (c.old.parse().ok()?, c.new.parse().ok()?);
+    let step = release::step(from, to);
+    Some(if step.supported() {
+        format!("{}.", step.describe(from, to))
+    } else {
+        format!(
+            "{}: kubestick build refuses it for a cluster built with {from}, and a node flashed with it \
+             does not join a cluster running {from}.",
+            step.describe(from, to)
+        )
+    })
+}
+
 /// The changes as an aligned table with a header.
 pub fn table(changes: &[Change]) -> String {
     let header = Change {
@@ -219,6 +237,9 @@ pub fn run(old: &Path, new: &Path) -> Result<bool> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(line) = release_change(&changes) {
+        println!("{line}");
+    }
     Ok(true)
 }
 
@@ -287,5 +308,36 @@ mod tests {
         let t = table(&changes);
         assert!(t.starts_with("CHANGE   KIND     NAME"), "{t}");
         assert_eq!(t.lines().count(), 4);
+        assert_eq!(release_change(&changes), None);
+    }
+
+    #[test]
+    fn a_release_change_is_put_in_words() {
+        let with_release = |r: &str| {
+            let mut b = bom("1", "aaaa", false);
+            b["metadata"]["properties"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "kubestick:kubernetes", "value": r}));
+            b
+        };
+        let upgrade = compare(&with_release("1.35.8"), &with_release("1.36.4"));
+        assert!(
+            upgrade
+                .iter()
+                .any(|c| c.kind == "build" && c.name == "kubernetes" && c.new == "1.36.4")
+        );
+        let line = release_change(&upgrade).unwrap();
+        assert!(
+            line.starts_with("Kubernetes 1.35.8 → 1.36.4, a minor upgrade"),
+            "{line}"
+        );
+        let line = release_change(&compare(&with_release("1.36.4"), &with_release("1.35.8"))).unwrap();
+        assert!(
+            line.contains("downgrade") && line.contains("does not join a cluster running 1.36.4"),
+            "{line}"
+        );
+        let line = release_change(&compare(&with_release("1.34.2"), &with_release("1.36.4"))).unwrap();
+        assert!(line.contains("skips 1.35"), "{line}");
     }
 }

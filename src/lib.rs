@@ -3,7 +3,7 @@
 //! The stages run in this order and data only flows forward:
 //! [`spec`] → [`secrets`] → [`render`] → [`artifacts`] → [`rootfs`] → [`image`]; [`build`]
 //! runs them, and writes `out/cluster.json` ([`image::manifest`]) beside the images. [`vm`]
-//! and [`flash`] only consume finished images. [`error`], [`diag`], [`fsx`], [`progress`] and
+//! and [`flash`] only consume finished images. [`error`], [`diag`], [`fsx`], [`progress`], [`release`] and
 //! [`interrupt`] sit below every stage; [`cli`] wires everything together at the top.
 
 pub mod artifacts;
@@ -18,6 +18,7 @@ pub mod fsx;
 pub mod image;
 pub mod interrupt;
 pub mod progress;
+pub mod release;
 pub mod render;
 pub mod rootfs;
 pub mod secrets;

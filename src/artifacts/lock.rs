@@ -398,9 +398,13 @@ mod tests {
     fn a_cluster_gets_ingress_and_storage_files_only_when_it_asks_for_them() {
         let lock = Lock::embedded();
         let text = include_str!("../../examples/homelab.toml");
-        let full = crate::spec::parse(Path::new("homelab.toml"), text, &lock.kubernetes_versions())
-            .expect("the example is valid")
-            .cluster;
+        let full = crate::spec::parse(
+            Path::new("homelab.toml"),
+            text,
+            &crate::spec::Releases::pinned(lock.kubernetes_versions()),
+        )
+        .expect("the example is valid")
+        .cluster;
         let names = |c: &crate::spec::Cluster| lock.for_cluster(c).map(|a| a.name.clone()).collect::<Vec<_>>();
         let all = names(&full);
         assert!(all.contains(&"cert-manager.yaml".to_string()));

@@ -173,7 +173,7 @@ pub(crate) mod tests {
     #[test]
     fn describes_the_cluster_file_it_was_built_from() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("qemu-tests/cluster.toml");
-        let versions = crate::artifacts::lock::Lock::embedded().kubernetes_versions();
+        let versions = crate::spec::Releases::pinned(crate::artifacts::lock::Lock::embedded().kubernetes_versions());
         let cluster = crate::spec::load(&path, &versions).unwrap().cluster;
         assert_eq!(Manifest::from_cluster(&cluster), rehearsal());
     }

@@ -5,6 +5,7 @@
 
 pub mod credentials;
 pub mod pki;
+pub mod releases;
 mod token;
 
 use std::fs;

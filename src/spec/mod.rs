@@ -15,7 +15,24 @@ use std::path::Path;
 use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Diagnostic, InvalidFile, Report};
+use crate::release::Release;
 use raw::RawCluster;
+
+/// What `cluster.kubernetes_version` is held against.
+#[derive(Debug, Clone, Default)]
+pub struct Releases {
+    /// The releases the lock pins.
+    pub pinned: Vec<String>,
+    /// The newest release this cluster's sticks were built with, and the file that says so.
+    pub built: Option<(Release, std::path::PathBuf)>,
+}
+
+impl Releases {
+    /// Only the lock's releases: for a cluster with no sticks built yet.
+    pub fn pinned(pinned: Vec<String>) -> Self {
+        Releases { pinned, built: None }
+    }
+}
 
 /// A valid cluster and the warnings found on the way.
 pub struct Loaded {
@@ -34,15 +51,15 @@ pub enum LoadError {
     Invalid(#[from] InvalidFile),
 }
 
-pub fn load(path: &Path, known_versions: &[String]) -> Result<Loaded, LoadError> {
+pub fn load(path: &Path, releases: &Releases) -> Result<Loaded, LoadError> {
     let source = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(path, &source, known_versions)
+    parse(path, &source, releases)
 }
 
-pub fn parse(path: &Path, source: &str, known_versions: &[String]) -> Result<Loaded, LoadError> {
+pub fn parse(path: &Path, source: &str, releases: &Releases) -> Result<Loaded, LoadError> {
     let mut report = Report::new(path, source);
     let (table, syntax_errors) = DeTable::parse_recoverable(source);
     if !syntax_errors.is_empty() {
@@ -70,7 +87,7 @@ pub fn parse(path: &Path, source: &str, known_versions: &[String]) -> Result<Loa
             return Err(InvalidFile(report).into());
         }
     };
-    let cluster = validate::validate(&raw, known_versions, &mut report);
+    let cluster = validate::validate(&raw, releases, &mut report);
     match cluster {
         Some(cluster) if !report.has_errors() => Ok(Loaded { cluster, report }),
         _ => Err(InvalidFile(report).into()),
@@ -165,8 +182,8 @@ fn key_span(root: &DeTable<'_>, parent: &[String], key: &str) -> Option<std::ops
 mod tests {
     use super::*;
 
-    fn versions() -> Vec<String> {
-        vec!["1.36.4".to_string()]
+    fn versions() -> Releases {
+        Releases::pinned(vec!["1.36.4".to_string()])
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! One test per class of mistake in cluster.toml: each must exit 2, name the file, the
 //! line:column and the field, say how to fix it, and write nothing.
 
+use std::path::{Path, PathBuf};
+
 use crate::common::*;
 
 /// Runs `render` on `toml`, expecting rejection; returns stderr. Checks nothing was written.
@@ -347,4 +349,110 @@ fn missing_cluster_file() {
         stderr.contains("cannot read cluster file") && stderr.contains("nope.toml"),
         "{stderr}"
     );
+}
+
+// --- releases: Kubernetes upgrades one minor release at a time and never goes back ---------
+
+/// The homelab example whose sticks were built with `built` before (its state directory
+/// records them), asked for `kubernetes_version = version`. Returns the scratch dir, the
+/// cluster file, and the line of the version.
+fn homelab_after(built: &[&str], version: &str) -> (Scratch, PathBuf, usize) {
+    let s = Scratch::new();
+    let toml = homelab_with(
+        "kubernetes_version = \"1.36.4\"",
+        &format!("kubernetes_version = \"{version}\""),
+    );
+    let line = line_of(&toml, "kubernetes_version");
+    s.example_with_secrets("homelab");
+    std::fs::rename(s.path("homelab.secrets"), s.path("cluster.secrets")).unwrap();
+    let file = s.write("cluster.toml", &toml);
+    let record: String = built
+        .iter()
+        .map(|r| format!("[[built]]\nrelease = \"{r}\"\nfirst_built = \"2026-01-01T00:00:00Z\"\n"))
+        .collect();
+    s.write("cluster.secrets/releases.toml", &record);
+    (s, file, line)
+}
+
+/// `render` and `check` both refuse with exit 2 and write nothing; stderr of `render`.
+fn refused_release(s: &Scratch, file: &Path) -> String {
+    let out = s.path("out");
+    let assert = render(file, &out).code(2);
+    assert!(!out.exists(), "output written despite the refusal");
+    let check = kubestick().arg("check").arg(file).assert().code(2);
+    let check_err = String::from_utf8(check.get_output().stderr.clone()).unwrap();
+    assert!(check_err.contains("cluster.kubernetes_version"), "{check_err}");
+    String::from_utf8(assert.get_output().stderr.clone()).unwrap()
+}
+
+#[test]
+fn a_downgrade_is_refused() {
+    let (s, file, line) = homelab_after(&["1.35.8", "1.36.4"], "1.35.8");
+    let err = refused_release(&s, &file);
+    assert_diag(
+        &err,
+        &format!("{line}:22"),
+        &[
+            "Kubernetes 1.36.4 → 1.35.8 is a downgrade",
+            "built with 1.36.4 before",
+            "releases.toml",
+            "keep kubernetes_version = \"1.36.4\"",
+            "if no node ever booted a 1.36.4 stick, remove its entry",
+        ],
+    );
+}
+
+#[test]
+fn skipping_a_minor_release_is_refused_naming_the_one_between() {
+    let (s, file, line) = homelab_after(&["1.34.2"], "1.36.4");
+    let err = refused_release(&s, &file);
+    assert_diag(
+        &err,
+        &format!("{line}:22"),
+        &[
+            "Kubernetes 1.34.2 → 1.36.4 skips 1.35",
+            "one minor release at a time",
+            "build sticks with kubernetes_version = \"1.35.8\" first",
+        ],
+    );
+
+    // No release of the minor between in the lock: say so, and where to look.
+    let (s, file, _) = homelab_after(&["1.33.1"], "1.35.8");
+    let err = refused_release(&s, &file);
+    assert!(
+        err.contains("skips 1.34") && err.contains("this kubestick's lock pins none"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_next_minor_release_and_the_same_one_are_accepted() {
+    let (s, file, _) = homelab_after(&["1.35.8"], "1.36.4");
+    let out = s.path("out");
+    let assert = render(&file, &out).success();
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains("note: Kubernetes 1.35.8 → 1.36.4, a minor upgrade") && err.contains("then the workers"),
+        "{err}"
+    );
+    kubestick().arg("check").arg(&file).assert().success();
+
+    let (s, file, _) = homelab_after(&["1.35.8", "1.36.4"], "1.36.4");
+    let assert = render(&file, &s.path("out")).success();
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(!err.contains("note: Kubernetes"), "{err}");
+}
+
+#[test]
+fn a_damaged_release_record_names_the_file() {
+    let (s, file, _) = homelab_after(&[], "1.36.4");
+    s.write("cluster.secrets/releases.toml", "[[built]]\nrelease = \"latest\"\n");
+    let out = s.path("out");
+    let assert = render(&file, &out).code(2);
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains("releases.toml is damaged") && err.contains("fix:"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }

@@ -337,6 +337,17 @@ fn an_unreachable_debian_mirror_is_reported() {
 }
 
 #[test]
+fn a_build_records_its_kubernetes_release_with_the_secrets() {
+    let (s, _) = built();
+    let record = fs::read_to_string(s.path("cluster.secrets/releases.toml")).unwrap();
+    let parsed: toml::Value = toml::from_str(&record).unwrap();
+    let built = parsed["built"].as_array().unwrap();
+    assert_eq!(built.len(), 1, "{record}");
+    assert_eq!(built[0]["release"].as_str(), Some("1.36.4"), "{record}");
+    assert_eq!(mode(&s.path("cluster.secrets/releases.toml")), 0o600);
+}
+
+#[test]
 fn an_artifact_with_a_wrong_digest_stops_the_build() {
     let s = Scratch::new();
     // A mirror whose kubelet is not the pinned file.
@@ -357,6 +368,8 @@ fn an_artifact_with_a_wrong_digest_stops_the_build() {
         "{err}"
     );
     assert_no_images(&s.path("out"));
+    // No stick of the release exists, so none is recorded.
+    assert!(!s.path("cluster.secrets/releases.toml").exists());
 }
 
 #[test]
@@ -871,6 +884,21 @@ fn diff_says_what_changed_between_two_builds() {
         "{table}"
     );
     assert!(table.contains("2 changes from"), "{table}");
+    // A stick of another release: the change is put in words.
+    let mut older = newer.clone();
+    for p in older["metadata"]["properties"].as_array_mut().unwrap() {
+        if p["name"] == "kubestick:kubernetes" {
+            p["value"] = "1.35.8".into();
+        }
+    }
+    let older_path = s.path("older.cdx.json");
+    fs::write(&older_path, serde_json::to_vec(&older).unwrap()).unwrap();
+    let assert = kubestick().arg("diff").arg(&older_path).arg(&img).assert().code(1);
+    let text = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(
+        text.contains("changed  build") && text.contains("Kubernetes 1.35.8 → 1.36.4, a minor upgrade"),
+        "{text}"
+    );
     // Another node's image: its identity and its own files differ.
     let assert = kubestick()
         .arg("diff")

@@ -41,7 +41,10 @@ const DOUBLES: &[(&str, &str)] = &[
     // unset); the node's own API server (at its address) answers unless FAKE_LOCAL_API_DOWN.
     (
         "curl",
-        "case \"$*\" in *https://10.77.0.2*) [ -z \"${FAKE_LOCAL_API_DOWN:-}\" ] && exit 0; exit 7;; esac\n\
+        "case \"$*\" in */version*) ip=${*##*https://}; ip=${ip%%:*}\n\
+           r=$(printf '%s\\n' $(cat \"$FAKE_DIR/cp-releases\" 2>/dev/null || echo \"${FAKE_CP_RELEASES:-}\") | sed -n \"s/^$ip=//p\"); [ \"$r\" != down ] || exit 7\n\
+           printf '{\\n  \"major\": \"1\",\\n  \"gitVersion\": \"v%s\",\\n  \"platform\": \"linux/amd64\"\\n}\\n' \"${r:-1.36.4}\"; exit 0;; esac\n\
+         case \"$*\" in *https://10.77.0.2*) [ -z \"${FAKE_LOCAL_API_DOWN:-}\" ] && exit 0; exit 7;; esac\n\
          n=$(cat \"$FAKE_DIR/looks\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$FAKE_DIR/looks\"\n\
          [ -n \"${FAKE_API_AFTER:-}\" ] && [ \"$n\" -ge \"$FAKE_API_AFTER\" ] && exit 0\nexit 7",
     ),
@@ -74,7 +77,9 @@ const DOUBLES: &[(&str, &str)] = &[
     (
         "sleep",
         "[ -z \"${FAKE_BOOTSTRAP_DURING_SLEEP:-}\" ] || touch \"$FAKE_DIR/state/bootstrap.done\"\n\
-         [ -z \"${FAKE_TURN_FREED_DURING_SLEEP:-}\" ] || rm -f \"$FAKE_DIR/lease\"",
+         [ -z \"${FAKE_TURN_FREED_DURING_SLEEP:-}\" ] || rm -f \"$FAKE_DIR/lease\"\n\
+         [ -z \"${FAKE_CP_READY_AFTER_SLEEP:-}\" ] || printf '%b' \"$FAKE_CP_READY_AFTER_SLEEP\" > \"$FAKE_DIR/cp-ready\"\n\
+         [ -z \"${FAKE_CP_RELEASES_AFTER_SLEEP:-}\" ] || echo \"$FAKE_CP_RELEASES_AFTER_SLEEP\" > \"$FAKE_DIR/cp-releases\"",
     ),
     (
         "kubeadm",
@@ -90,6 +95,11 @@ const DOUBLES: &[(&str, &str)] = &[
         "case \"$*\" in\n\
          *' get node '*) [ -n \"${FAKE_NODE_EXISTS:-}\" ] || exit 1;;\n\
          *' get pods '*) printf 'etcd-cp-1\\netcd-cp-2\\netcd-cp-3\\n';;\n\
+         *' get configmap kubeadm-config -o jsonpath'*) [ -z \"${FAKE_API_BUSY:-}\" ] || exit 1\n\
+           printf 'apiVersion: kubeadm.k8s.io/v1beta4\\nkind: ClusterConfiguration\\nkubernetesVersion: v%s\\n' \"$(cat \"$FAKE_DIR/cluster-release\" 2>/dev/null || echo \"${FAKE_CLUSTER_RELEASE:-1.36.4}\")\";;\n\
+         *' get configmap kubeadm-config -o yaml'*) printf 'apiVersion: v1\\nkind: ConfigMap\\ndata:\\n  ClusterConfiguration: |\\n    kind: ClusterConfiguration\\n    kubernetesVersion: v%s\\nmetadata:\\n  resourceVersion: \"7\"\\n' \"$(cat \"$FAKE_DIR/cluster-release\" 2>/dev/null || echo \"${FAKE_CLUSTER_RELEASE:-1.36.4}\")\";;\n\
+         *' get nodes -l node-role.kubernetes.io/control-plane'*) cat \"$FAKE_DIR/cp-ready\" 2>/dev/null || printf '%b' \"${FAKE_CP_READY:-cp-1=True\\ncp-2=True\\ncp-3=True\\n}\";;\n\
+         *' get daemonset kube-proxy '*) echo \"registry.k8s.io/kube-proxy:v${FAKE_PROXY_RELEASE:-1.36.4}\";;\n\
          *' member list'*) printf '%b' \"${FAKE_ETCD_MEMBERS:-}\";;\n\
          *' create -f -'*) [ ! -e \"$FAKE_DIR/lease\" ] && [ -z \"${FAKE_API_BUSY:-}\" ] || exit 1\n\
            echo \"$(sed -n 's/.*holderIdentity: //p') now 1\" > \"$FAKE_DIR/lease\";;\n\
@@ -97,8 +107,10 @@ const DOUBLES: &[(&str, &str)] = &[
            if [ ! -e \"$FAKE_DIR/lease\" ]; then case \"$*\" in *--ignore-not-found*) exit 0;; *) exit 1;; esac; fi\n\
            read -r holder taken rv < \"$FAKE_DIR/lease\"\n\
            case \"$*\" in *resourceVersion*) echo \"$holder $taken $rv\";; *) echo \"$holder\";; esac;;\n\
-         *' replace -f -'*) read -r holder taken rv < \"$FAKE_DIR/lease\"\n\
-           in=$(cat); printf '%s\\n' \"$in\" | grep -qx \"  resourceVersion: \\\"$rv\\\"\" || exit 1\n\
+         *' replace -f -'*) in=$(cat)\n\
+           case \"$in\" in *'kind: ConfigMap'*) printf '%s\\n' \"$in\" | sed -n 's/^ *kubernetesVersion: v//p' > \"$FAKE_DIR/cluster-release\"; exit 0;; esac\n\
+           read -r holder taken rv < \"$FAKE_DIR/lease\"\n\
+            printf '%s\\n' \"$in\" | grep -qx \"  resourceVersion: \\\"$rv\\\"\" || exit 1\n\
            echo \"$(printf '%s\\n' \"$in\" | sed -n 's/.*holderIdentity: //p') now $((rv + 1))\" > \"$FAKE_DIR/lease\";;\n\
          *' delete lease '*) rm -f \"$FAKE_DIR/lease\";;\n\
          *'get --raw /readyz'*) n=$(cat \"$FAKE_DIR/ready-looks\" 2>/dev/null || echo 0); echo $((n + 1)) > \"$FAKE_DIR/ready-looks\"\n\
@@ -399,7 +411,8 @@ fn bootstrap_machine(node: &str, role: &str) -> Machine {
     fs::write(
         m.path("node.env"),
         format!(
-            "KUBESTICK_NODE={node}\nKUBESTICK_NODE_IP=10.77.0.2{}\nKUBESTICK_ROLE={role}\nKUBESTICK_INIT_NODE=cp-1\nKUBESTICK_API_ENDPOINT=10.77.0.10:6443\n",
+            "KUBESTICK_NODE={node}\nKUBESTICK_NODE_IP=10.77.0.2{}\nKUBESTICK_ROLE={role}\nKUBESTICK_INIT_NODE=cp-1\nKUBESTICK_API_ENDPOINT=10.77.0.10:6443\n\
+             KUBESTICK_KUBERNETES_VERSION=1.36.4\nKUBESTICK_CONTROL_PLANE=\"10.77.0.21 10.77.0.22 10.77.0.23\"\n",
             node.chars().last().unwrap()
         ),
     )
@@ -570,7 +583,8 @@ fn other_control_plane_nodes_wait_then_join() {
         "{text}"
     );
     // Nothing stale to forget: the node is unknown and etcd does not list it.
-    // Take the turn, get node, get the etcd pods, member list; join; give the turn back.
+    // The cluster's release (the stick's), take the turn, get node, get the etcd pods, member
+    // list; join; kube-proxy already of this release; give the turn back.
     assert_eq!(
         commands(&m),
         [
@@ -579,10 +593,12 @@ fn other_control_plane_nodes_wait_then_join() {
             "kubectl --kubeconfig",
             "kubectl --kubeconfig",
             "kubectl --kubeconfig",
+            "kubectl --kubeconfig",
             "kubeadm join",
             "kubeadm join",
             "kubeadm join",
             "kubeadm join",
+            "kubectl --kubeconfig",
             "kubectl --kubeconfig",
             "kubectl --kubeconfig",
         ],
@@ -615,6 +631,10 @@ fn other_control_plane_nodes_wait_then_join() {
         ]
     );
     assert!(!calls.contains("kubeadm init"));
+    assert!(
+        !calls.contains("kubeadm upgrade") && !calls.contains("replace -f -"),
+        "{calls}"
+    );
 }
 
 #[test]
@@ -628,6 +648,152 @@ fn workers_and_late_joiners_join_an_answering_api() {
         "a worker has no CA key and needs no cleanup"
     );
     assert!(log(&out).contains("joined the cluster at https://10.77.0.10:6443 as worker"));
+}
+
+// --- releases: upgrading by re-flashing -------------------------------------------------
+
+#[test]
+fn a_control_plane_stick_of_the_next_minor_release_moves_the_cluster_to_it() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    let text = m.bootstrap_ok(&[
+        ("FAKE_API_AFTER", "0"),
+        ("FAKE_CLUSTER_RELEASE", "1.35.8"),
+        ("FAKE_PROXY_RELEASE", "1.35.8"),
+    ]);
+    assert!(
+        text.contains(
+            "upgrading the cluster from Kubernetes 1.35.8 to 1.36.4 (every other control-plane node is Ready)"
+        ),
+        "{text}"
+    );
+    // The ClusterConfiguration now names the stick's release, so kubeadm join deployed it.
+    assert_eq!(fs::read_to_string(m.path("cluster-release")).unwrap().trim(), "1.36.4");
+    let calls = m.calls();
+    let (turn, replace, join) = (
+        calls.find("create -f -").unwrap(),
+        calls.find("replace -f -").unwrap(),
+        calls.find("kubeadm join").unwrap(),
+    );
+    assert!(
+        turn < replace && replace < join,
+        "moved while holding the turn, before the join: {calls}"
+    );
+    // kube-proxy was still 1.35's: kubeadm upgrades the add-ons (or skips them, its own check,
+    // while another control-plane node runs an older API server), after the join.
+    let admin = m.path("k8s/admin.conf");
+    let upgrade = format!("kubeadm upgrade node phase addon all --kubeconfig {}", admin.display());
+    let at = calls.find(&upgrade).unwrap_or_else(|| panic!("{calls}"));
+    assert!(at > calls.rfind("kubeadm join").unwrap(), "{calls}");
+    assert!(!m.path("lease").exists(), "the turn is given back");
+    let done = fs::read_to_string(m.path("state/bootstrap.done")).unwrap();
+    assert!(done.contains("as control-plane (Kubernetes 1.36.4)"), "{done}");
+}
+
+#[test]
+fn an_upgrade_waits_until_every_other_control_plane_node_is_ready() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    let text = m.bootstrap_ok(&[
+        ("FAKE_API_AFTER", "0"),
+        ("FAKE_CLUSTER_RELEASE", "1.35.8"),
+        ("FAKE_CP_READY", "cp-1=True\ncp-2=False\ncp-3=False\n"),
+        ("FAKE_CP_READY_AFTER_SLEEP", "cp-1=True\ncp-2=False\ncp-3=True\n"),
+    ]);
+    assert!(
+        text.contains("waits for the other control-plane nodes to be Ready (not Ready: cp-3 )"),
+        "this node's own old Node does not count: {text}"
+    );
+    let calls = m.calls();
+    // The turn was given back while waiting, and the ClusterConfiguration moved only after.
+    let first_wait = calls.find("delete lease").unwrap();
+    assert!(calls.find("replace -f -").unwrap() > first_wait, "{calls}");
+    assert_eq!(fs::read_to_string(m.path("cluster-release")).unwrap().trim(), "1.36.4");
+    assert!(m.path("state/bootstrap.done").exists());
+}
+
+#[test]
+fn a_stick_older_than_the_cluster_or_a_minor_release_too_far_is_refused_before_kubeadm_runs() {
+    for (cluster, says) in [
+        (
+            "1.37.0",
+            "older than the cluster's 1.37.0 (Kubernetes does not downgrade): flash a stick built with kubernetes_version = \"1.37.0\" or newer",
+        ),
+        ("1.36.5", "older than the cluster's 1.36.5"),
+        (
+            "1.34.2",
+            "but the cluster runs 1.34.2: Kubernetes upgrades one minor release at a time",
+        ),
+    ] {
+        let m = bootstrap_machine("cp-2", "control-plane");
+        let env = [("FAKE_API_AFTER", "0"), ("FAKE_CLUSTER_RELEASE", cluster)];
+        let text = m.bootstrap_ok(&env);
+        assert!(
+            text.contains(&format!("REFUSED: this stick carries Kubernetes 1.36.4, {says}")),
+            "{text}"
+        );
+        let refused = fs::read_to_string(m.path("state/bootstrap.refused")).unwrap();
+        assert!(refused.contains(says), "{refused}");
+        let calls = m.calls();
+        assert!(
+            !calls.contains("kubeadm join") && !calls.contains("kubeadm reset") && !calls.contains("create -f -"),
+            "nothing of kubeadm's ran, no turn taken: {calls}"
+        );
+        assert!(!m.path("state/bootstrap.done").exists());
+        // Started again (a reboot): still refused, still nothing run; the banner says it.
+        let before = m.calls();
+        let text = m.bootstrap_ok(&env);
+        assert!(text.contains("REFUSED"), "{text}");
+        assert_eq!(m.calls(), before);
+        let status = m.run_script("status", &[("FAKE_ACTIVE_bootstrap", "active")]);
+        assert!(status.status.success(), "{}", log(&status));
+        let banner = fs::read_to_string(m.path("run/status")).unwrap();
+        assert!(
+            banner.contains(&format!(
+                "bootstrap  REFUSED: this stick carries Kubernetes 1.36.4, {says}"
+            )),
+            "{banner}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_stick_newer_than_the_control_plane_waits_for_it_then_joins() {
+    let m = bootstrap_machine("worker-1", "worker");
+    let text = m.bootstrap_ok(&[
+        ("FAKE_API_AFTER", "0"),
+        (
+            "FAKE_CP_RELEASES",
+            "10.77.0.21=1.36.4 10.77.0.22=1.35.8 10.77.0.23=down",
+        ),
+        (
+            "FAKE_CP_RELEASES_AFTER_SLEEP",
+            "10.77.0.21=1.36.4 10.77.0.22=1.36.4 10.77.0.23=1.36.4",
+        ),
+    ]);
+    assert!(
+        text.contains("a control-plane API server runs 1.35.8: a kubelet may not be newer than its API server"),
+        "{text}"
+    );
+    let calls = m.calls();
+    assert!(
+        calls.find("sleep").unwrap() < calls.find("kubeadm join").unwrap(),
+        "{calls}"
+    );
+    assert!(m.path("state/bootstrap.done").exists());
+
+    // After the upgrade, a worker stick of the old release is refused.
+    let m = bootstrap_machine("worker-1", "worker");
+    let text = m.bootstrap_ok(&[
+        ("FAKE_API_AFTER", "0"),
+        (
+            "FAKE_CP_RELEASES",
+            "10.77.0.21=1.37.1 10.77.0.22=1.37.1 10.77.0.23=1.37.1",
+        ),
+    ]);
+    assert!(
+        text.contains("REFUSED: this stick carries Kubernetes 1.36.4, older than the cluster's 1.37.1"),
+        "{text}"
+    );
+    assert!(!m.calls().contains("kubeadm join"));
 }
 
 #[test]

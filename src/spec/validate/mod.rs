@@ -12,6 +12,7 @@ mod names;
 mod network;
 mod nodes;
 
+use super::Releases;
 use super::model::*;
 use super::raw::*;
 use crate::diag::{Diagnostic, Report};
@@ -20,12 +21,12 @@ pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const DEFAULT_DNS_DOMAIN: &str = "cluster.local";
 
-pub fn validate(raw: &RawCluster, known_versions: &[String], report: &mut Report) -> Option<Cluster> {
+pub fn validate(raw: &RawCluster, releases: &Releases, report: &mut Report) -> Option<Cluster> {
     let mut v = Validator {
         report,
         addresses: HashMap::new(),
     };
-    let cluster = v.cluster(raw, known_versions);
+    let cluster = v.cluster(raw, releases);
     if v.report.has_errors() { None } else { cluster }
 }
 
@@ -67,7 +68,7 @@ impl Validator<'_> {
         value.as_ref()
     }
 
-    fn cluster(&mut self, raw: &RawCluster, known_versions: &[String]) -> Option<Cluster> {
+    fn cluster(&mut self, raw: &RawCluster, releases: &Releases) -> Option<Cluster> {
         let section = self.section(
             &raw.cluster,
             "cluster",
@@ -81,7 +82,7 @@ impl Validator<'_> {
         );
 
         let name = section.and_then(|s| self.cluster_name(s));
-        let version = section.and_then(|s| self.version(s, known_versions));
+        let version = section.and_then(|s| self.version(s, releases));
         let dns_domain = section.and_then(|s| match &s.get_ref().dns_domain {
             None => Some(DEFAULT_DNS_DOMAIN.to_string()),
             Some(d) => self.dns_name(d, "cluster.dns_domain"),

@@ -1,6 +1,7 @@
 //! Names: the cluster name, node hostnames, DNS names, the Kubernetes version, time zone.
 
 use super::*;
+use crate::release::{self, Release, Step};
 
 impl Validator<'_> {
     pub(super) fn cluster_name(&mut self, s: &S<RawClusterSection>) -> Option<String> {
@@ -8,7 +9,8 @@ impl Validator<'_> {
         self.dns_label(name, "cluster.name")
     }
 
-    pub(super) fn version(&mut self, s: &S<RawClusterSection>, known: &[String]) -> Option<String> {
+    pub(super) fn version(&mut self, s: &S<RawClusterSection>, releases: &Releases) -> Option<String> {
+        let known = &releases.pinned;
         let raw = self.required(
             &s.get_ref().kubernetes_version,
             "cluster.kubernetes_version",
@@ -17,7 +19,7 @@ impl Validator<'_> {
         )?;
         let version = raw.get_ref().trim().trim_start_matches('v');
         if known.iter().any(|k| k == version) {
-            return Some(version.to_string());
+            return self.upgrade_step(version, releases, span(raw));
         }
         let list = known.join(", ");
         self.error(
@@ -25,6 +27,56 @@ impl Validator<'_> {
             span(raw),
             format!("Kubernetes version `{}` is not pinned in artifacts.lock", raw.get_ref()),
             format!("use one of: {list} (`kubestick lock` shows what each pins)"),
+        );
+        None
+    }
+
+    /// A release the cluster can move to from the newest one its sticks were built with:
+    /// Kubernetes upgrades one minor release at a time and never goes back.
+    fn upgrade_step(&mut self, version: &str, releases: &Releases, at: Option<Range<usize>>) -> Option<String> {
+        let Some((newest, record)) = &releases.built else {
+            return Some(version.to_string());
+        };
+        let Ok(new) = version.parse::<Release>() else {
+            return Some(version.to_string());
+        };
+        let step = release::step(*newest, new);
+        if step.supported() {
+            return Some(version.to_string());
+        }
+        let record = record.display();
+        let help = match &step {
+            Step::Downgrade => format!(
+                "keep kubernetes_version = \"{newest}\" or choose a newer release; if no node ever booted a \
+                 {newest} stick, remove its entry from {record}"
+            ),
+            Step::Skips(between) => {
+                let first = &between[0];
+                let via = releases
+                    .pinned
+                    .iter()
+                    .filter_map(|p| p.parse::<Release>().ok())
+                    .filter(|p| p.minor_line() == *first)
+                    .max()
+                    .map_or_else(
+                        || format!("a {first} release (this kubestick's lock pins none: `kubestick lock` lists what it pins)"),
+                        |p| format!("kubernetes_version = \"{p}\""),
+                    );
+                format!("build sticks with {via} first and re-flash every node with them, then move on to {new}")
+            }
+            _ => format!(
+                "stay on {}: kubeadm cannot move a cluster across major releases",
+                newest.major
+            ),
+        };
+        self.error(
+            "cluster.kubernetes_version",
+            at,
+            format!(
+                "{} (this cluster's sticks were built with {newest} before, says {record})",
+                step.describe(*newest, new)
+            ),
+            help,
         );
         None
     }
