@@ -4,6 +4,12 @@
 # (mmdebstrap, cached by its recipe), then the mirror and lock (make-mirror.py) in
 # target/real-mirror/<key>/, renamed into place when complete. Prints that directory last;
 # kubestick then runs with `--lock DIR/artifacts.lock --mirror DIR/mirror`.
+#
+# REAL_RELEASES="1.36.4 1.35.8": the Kubernetes releases the mirror and lock carry. The
+# default build's release (build.sh with no argument, 1.36.4) is always carried; any other
+# is built by `build.sh RELEASE` (cached like the rest) and added by make-mirror-releases.py,
+# its files and images laid out as the default release's. Unset (or naming only the default
+# release), the mirror, its key and its lock are what make-mirror.py alone writes.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -12,6 +18,13 @@ root=${REAL_MIRROR_DIR:-$repo/target/real-mirror}
 log() { printf '[real-mirror] %s\n' "$*" >&2; }
 
 built=$("$here/build.sh" | tail -n 1)
+default_release=$(sed -n 's/^kubeadm\tv\([^\t]*\)\t.*/\1/p' "$built/VERSIONS")
+extra=() # RELEASE=TREE of every further release
+for r in ${REAL_RELEASES:-}; do
+  [[ $r != "$default_release" && " ${extra[*]} " != *" $r="* ]] || continue
+  tree=$("$here/build.sh" "$r" | tail -n 1)
+  extra+=("$r=$tree")
+done
 mkdir -p "$root"
 
 # The images' shared userland: iptables and nftables for kube-proxy and flanneld, a shell
@@ -27,13 +40,28 @@ if [[ ! -f $base ]]; then
   mv "$base.tmp.tar" "$base"
 fi
 
-key=$(cat "$built/SHA256SUMS" "$base" "$here/make-mirror.py" "$repo/artifacts.lock" | sha256sum | cut -c1-16)
+key_inputs() {
+  cat "$built/SHA256SUMS" "$base" "$here/make-mirror.py" "$repo/artifacts.lock"
+  ((${#extra[@]} == 0)) || {
+    cat "$here/make-mirror-releases.py"
+    for e in "${extra[@]}"; do
+      printf '%s\n' "${e%%=*}"
+      cat "${e#*=}/SHA256SUMS"
+    done
+  }
+}
+key=$(key_inputs | sha256sum | cut -c1-16)
 final=$root/$key
 if [[ ! -d $final ]]; then
   tmp=$(mktemp -d "$root/.tmp-$key.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
-  log "writing the mirror and lock of $built"
-  python3 "$here/make-mirror.py" "$repo" "$built/bin" "$base" "$tmp"
+  if ((${#extra[@]} == 0)); then
+    log "writing the mirror and lock of $built"
+    python3 "$here/make-mirror.py" "$repo" "$built/bin" "$base" "$tmp"
+  else
+    log "writing the mirror and lock of $built and ${extra[*]}"
+    python3 "$here/make-mirror-releases.py" "$repo" "$base" "$tmp" "$built" "${extra[@]}"
+  fi
   mv -T "$tmp" "$final"
 fi
 log "up to date: $final"
