@@ -6,7 +6,7 @@ OUT ?= out
 EXAMPLE ?= examples/homelab.toml
 KUBESTICK := ./target/release/kubestick
 
-.PHONY: demo test test-deps host-deps toolchain lint qemu-test real-test bench clean
+.PHONY: demo test test-deps host-deps toolchain lint qemu-test real-test real-upgrade bench clean
 
 ## demo: check the reference cluster, print its plan, and build one disk image per node into out/.
 ## Without access to the upstream download hosts it builds with the test doubles from
@@ -66,9 +66,20 @@ qemu-test: toolchain test-deps
 ## certificates renewed by the nodes; 9: 30 idle minutes, restarts and leader changes counted),
 ## every boot disk throttled to a USB 2 stick's speed; one summary line at the end. Where three
 ## real control-plane VMs do not fit (TCG on fewer than 6 cores) it runs what does and says so.
+## Then real-upgrade.
 real-test: toolchain test-deps
 	$(CARGO) build --locked
 	REAL_STICK=usb2 bash qemu-tests/real/drills.sh
+	bash qemu-tests/real/upgrade.sh
+
+## real-upgrade: Kubernetes 1.35.8 -> 1.36.4 by re-flashing sticks (qemu-tests/real/upgrade.sh),
+## both releases built from Go modules (cached): formed on 1.35.8, each control-plane stick
+## replaced in turn (where three fit; here the first node of 1.36.4 joins a one-node 1.35.8
+## cluster), the API through the VIP asked every second and a workload every 5 s throughout,
+## then an old stick refused; one summary line.
+real-upgrade: toolchain test-deps
+	$(CARGO) build --locked
+	bash qemu-tests/real/upgrade.sh
 
 ## bench: render time for a 100-node cluster (target < 50 ms); fetch of 200 MiB vs curl + sha256sum
 ## (target <= 1.2x); flash write + verify vs dd + sha256sum (target <= 1.2x); node image cost vs

@@ -47,7 +47,11 @@ esac
 EXTRA = {
     "ctr": CTR,
     "containerd": 'command -v systemd-notify >/dev/null && systemd-notify --ready\nexec sleep infinity\n',
-    "kubectl": 'case "$1" in version) echo "Client Version: v{version} (kubestick test double)";; esac\n',
+    # The cluster's release, as the bootstrap reads it before a join (ClusterConfiguration)
+    # and after it (kube-proxy's image): the release of the doubles.
+    "kubectl": 'case "$1" in version) echo "Client Version: v{version} (kubestick test double)";; esac\n'
+    'case "$*" in *" get configmap kubeadm-config "*) echo "kubernetesVersion: v{version}";;\n'
+    '*" get daemonset kube-proxy "*) echo "registry.k8s.io/kube-proxy:v{version}";; esac\n',
     # init/join also record the digest of the --config file, so a test can tell that the
     # node ran kubeadm with exactly the configuration kubestick rendered for it.
     "kubeadm": 'case "$1" in version) echo "kubeadm version: v{version} (kubestick test double)";;\n'
@@ -95,8 +99,11 @@ import http.server, socket, ssl
 class Handler(http.server.BaseHTTPRequestHandler):
     timeout = 10
     def do_GET(self):
-        ok = self.path.split("?")[0] in ("/livez", "/readyz", "/healthz")
-        body = b"ok" if ok else b"kubestick test double: only /livez, /readyz and /healthz"
+        path = self.path.split("?")[0]
+        ok = path in ("/livez", "/readyz", "/healthz", "/version")
+        body = b"ok" if ok else b"kubestick test double: only /livez, /readyz, /healthz and /version"
+        if path == "/version":
+            body = b'{{\n  "gitVersion": "v{version}",\n  "platform": "linux/amd64"\n}}\n'
         self.send_response(200 if ok else 404)
         self.send_header("X-Kubestick-Double-Node", socket.gethostname())
         self.send_header("Content-Length", str(len(body)))

@@ -149,14 +149,23 @@ fn artifact(a: &Artifact) -> Result<Value> {
     Ok(c)
 }
 
-fn image(p: &Pulled) -> Result<Value> {
+/// `image:<name>`, or `image:<name>@<release>` for an image of another Kubernetes release
+/// than the stick's (the previous release's add-ons it carries), so every bom-ref is unique.
+fn image_ref(p: &Pulled, release: &str) -> String {
+    match p.image.kubernetes.as_deref() {
+        Some(k) if k != release => format!("{}{}@{k}", Category::Image.prefix(), p.image.name),
+        _ => format!("{}{}", Category::Image.prefix(), p.image.name),
+    }
+}
+
+fn image(p: &Pulled, release: &str) -> Result<Value> {
     let r = &p.reference;
     let repository = format!("{}/{}", r.registry, r.repository);
     let last = r.repository.rsplit('/').next().unwrap_or(&r.repository);
     let digest = &p.top.0;
     Ok(json!({
         "type": "container",
-        "bom-ref": format!("{}{}", Category::Image.prefix(), p.image.name),
+        "bom-ref": image_ref(p, release),
         "name": repository,
         "version": r.tag,
         "purl": purl(
@@ -191,7 +200,7 @@ pub fn document(i: &Inputs<'_>) -> Result<Vec<u8>> {
         components.push(artifact(a)?);
     }
     for p in i.images {
-        components.push(image(p)?);
+        components.push(image(p, i.kubernetes_version)?);
     }
     components.extend(i.files.iter().map(file));
     components.sort_by(|a, b| a["bom-ref"].as_str().cmp(&b["bom-ref"].as_str()));

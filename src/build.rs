@@ -210,7 +210,7 @@ pub fn run(req: &Request<'_>) -> Result<()> {
     let pins = pins(&req.lock, &cluster, |image| {
         pulled
             .iter()
-            .find(|p| p.image.name == image.name)
+            .find(|p| p.image.reference == image.reference)
             .map(|p| p.top.0.clone())
     })?;
     let rendered = render_stage(req.cluster, &cluster, req.output, req.state.clone(), &pins)?;

@@ -117,7 +117,12 @@ fn items(bom: &Value) -> BTreeMap<(&'static str, String), String> {
                 (format!("{name}:{arch}"), version.to_string())
             }
             Category::Artifact | Category::Image => (
-                name.to_string(),
+                // An image of another release than the stick's (bom-ref `image:<name>@<release>`)
+                // is a row of its own beside the stick's own one of the same repository.
+                match c["bom-ref"].as_str().and_then(|r| r.split_once('@')) {
+                    Some((_, release)) if category == Category::Image => format!("{name} (from {release})"),
+                    _ => name.to_string(),
+                },
                 match hash {
                     Some(h) => format!("{version} ({h})"),
                     None => version.to_string(),

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::digest::Digest;
 use crate::diag::{Diagnostic, InvalidFile, Report};
+use crate::release::Release;
 
 const EMBEDDED: &str = include_str!("../../artifacts.lock");
 pub const EMBEDDED_NAME: &str = "artifacts.lock (built in)";
@@ -242,10 +243,28 @@ impl Lock {
             .filter(move |i| i.kubernetes.as_deref().is_none_or(|k| k == version))
     }
 
-    /// The images one cluster runs: its release's, and the add-ons' it asks for.
+    /// The images one cluster's sticks carry: its release's, the add-ons' it asks for, and
+    /// the cluster-wide add-ons of the previous minor release ([`BRIDGE`]).
     pub fn images_for_cluster<'a>(&'a self, cluster: &'a crate::spec::Cluster) -> impl Iterator<Item = &'a Image> + 'a {
+        let previous = self.previous_release(&cluster.kubernetes_version);
+        let bridge = self
+            .images
+            .iter()
+            .filter(move |i| previous.is_some() && i.kubernetes == previous && BRIDGE.contains(&i.name.as_str()));
         self.images_for_kubernetes(&cluster.kubernetes_version)
+            .chain(bridge)
             .filter(move |i| wanted(i.needs, cluster))
+    }
+
+    /// The newest release the lock pins of the minor release before `version`'s.
+    pub fn previous_release(&self, version: &str) -> Option<String> {
+        let this: Release = version.parse().ok()?;
+        self.kubernetes
+            .keys()
+            .filter_map(|k| k.parse::<Release>().ok())
+            .filter(|r| r.major == this.major && r.minor + 1 == this.minor)
+            .max()
+            .map(|r| r.to_string())
     }
 
     /// What the renderer takes from the lock for Kubernetes `version` (None if not pinned):
@@ -267,6 +286,12 @@ impl Lock {
             .filter(move |a| wanted(a.needs, cluster))
     }
 }
+
+/// The add-ons kubeadm deploys cluster-wide, of the previous minor release, carried on a
+/// stick too: while a cluster is being upgraded by re-flashing, they stay on the old release
+/// until every node runs the new one, and a re-flashed node runs them from its stick instead
+/// of pulling them.
+pub const BRIDGE: [&str; 2] = ["kube-proxy", "coredns"];
 
 /// The rules files and images share: the release they name exists, and they have exactly
 /// one of a digest and a reason for having none.
@@ -392,6 +417,33 @@ mod tests {
                 _ => assert!(a.digest.is_some(), "{} is not pinned", a.name),
             }
         }
+    }
+
+    #[test]
+    fn a_stick_carries_the_previous_releases_cluster_wide_add_ons_and_nothing_else_of_it() {
+        let lock = Lock::embedded();
+        assert_eq!(lock.previous_release("1.36.4").as_deref(), Some("1.35.8"));
+        assert_eq!(lock.previous_release("1.35.8"), None);
+        let text = include_str!("../../examples/homelab.toml");
+        let mut cluster = crate::spec::parse(
+            Path::new("homelab.toml"),
+            text,
+            &crate::spec::Releases::pinned(lock.kubernetes_versions()),
+        )
+        .expect("the example is valid")
+        .cluster;
+        let of = |c: &crate::spec::Cluster, release: &str| {
+            lock.images_for_cluster(c)
+                .filter(|i| i.kubernetes.as_deref() == Some(release))
+                .map(|i| i.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(&cluster, "1.35.8"), ["kube-proxy", "coredns"]);
+        assert!(of(&cluster, "1.36.4").contains(&"kube-apiserver".to_string()));
+        // The oldest release has no release before it to bridge from.
+        cluster.kubernetes_version = "1.35.8".into();
+        assert!(of(&cluster, "1.36.4").is_empty());
+        assert!(of(&cluster, "1.35.8").contains(&"etcd".to_string()));
     }
 
     #[test]

@@ -224,6 +224,7 @@ impl Renderer {
             ("/usr/local/lib/kubestick/status", MODE_EXEC, "firstboot/status"),
             ("/usr/local/lib/kubestick/addons", MODE_EXEC, "firstboot/addons"),
             ("/usr/local/lib/kubestick/certs", MODE_EXEC, "firstboot/certs"),
+            ("/usr/local/lib/kubestick/upgrade", MODE_EXEC, "firstboot/upgrade"),
             // Sourced by bootstrap and certs.
             ("/usr/local/lib/kubestick/turn", MODE_FILE, "firstboot/turn"),
             (
@@ -282,6 +283,8 @@ impl Renderer {
             "firstboot/kubestick-status.path",
             "firstboot/kubestick-certs.service",
             "firstboot/kubestick-certs.timer",
+            "firstboot/kubestick-upgrade.service",
+            "firstboot/kubestick-upgrade.timer",
         ]
         .iter()
         .map(|t| {

@@ -84,6 +84,15 @@ pub const ALL: &[(&str, &str)] = &[
         include_str!("../../templates/firstboot/kubestick-certs.timer"),
     ),
     ("firstboot/storage", include_str!("../../templates/firstboot/storage")),
+    ("firstboot/upgrade", include_str!("../../templates/firstboot/upgrade")),
+    (
+        "firstboot/kubestick-upgrade.service",
+        include_str!("../../templates/firstboot/kubestick-upgrade.service"),
+    ),
+    (
+        "firstboot/kubestick-upgrade.timer",
+        include_str!("../../templates/firstboot/kubestick-upgrade.timer"),
+    ),
     (
         "ignition/config.ign",
         include_str!("../../templates/ignition/config.ign"),

@@ -504,14 +504,21 @@ fn carried_layout(image: &Path, to: &Path) -> (serde_json::Value, Vec<String>) {
     (index, names)
 }
 
-/// `name` for every image of the doubles' lock that `keep` selects: tag and digest names.
+/// `name` for every image of the doubles' lock that `keep` selects: tag and digest names. A
+/// 1.36.4 stick carries its release's images and 1.35.8's kube-proxy and CoreDNS (for a
+/// cluster being upgraded from 1.35).
 fn lock_names(keep: impl Fn(&toml::Value) -> bool) -> Vec<String> {
     let lock: toml::Value = toml::from_str(&fs::read_to_string(doubles().join("artifacts.lock")).unwrap()).unwrap();
+    let carried = |i: &toml::Value| match i.get("kubernetes").and_then(|k| k.as_str()) {
+        None | Some("1.36.4") => true,
+        Some("1.35.8") => ["kube-proxy", "coredns"].contains(&i["name"].as_str().unwrap()),
+        Some(_) => false,
+    };
     let mut images: Vec<(String, String)> = lock["image"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|i| i.get("kubernetes").is_none_or(|k| k.as_str() == Some("1.36.4")))
+        .filter(|i| carried(i))
         .filter(|i| keep(i))
         .map(|i| {
             let reference = i["reference"].as_str().unwrap().to_string();

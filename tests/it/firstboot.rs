@@ -99,6 +99,7 @@ const DOUBLES: &[(&str, &str)] = &[
            printf 'apiVersion: kubeadm.k8s.io/v1beta4\\nkind: ClusterConfiguration\\nkubernetesVersion: v%s\\n' \"$(cat \"$FAKE_DIR/cluster-release\" 2>/dev/null || echo \"${FAKE_CLUSTER_RELEASE:-1.36.4}\")\";;\n\
          *' get configmap kubeadm-config -o yaml'*) printf 'apiVersion: v1\\nkind: ConfigMap\\ndata:\\n  ClusterConfiguration: |\\n    kind: ClusterConfiguration\\n    kubernetesVersion: v%s\\nmetadata:\\n  resourceVersion: \"7\"\\n' \"$(cat \"$FAKE_DIR/cluster-release\" 2>/dev/null || echo \"${FAKE_CLUSTER_RELEASE:-1.36.4}\")\";;\n\
          *' get nodes -l node-role.kubernetes.io/control-plane'*) cat \"$FAKE_DIR/cp-ready\" 2>/dev/null || printf '%b' \"${FAKE_CP_READY:-cp-1=True\\ncp-2=True\\ncp-3=True\\n}\";;\n\
+         *' get nodes -o jsonpath'*kubeletVersion*) printf '%b' \"${FAKE_KUBELETS:-cp-1=v1.36.4\\ncp-2=v1.36.4\\ncp-3=v1.36.4\\n}\";;\n\
          *' get daemonset kube-proxy '*) echo \"registry.k8s.io/kube-proxy:v${FAKE_PROXY_RELEASE:-1.36.4}\";;\n\
          *' member list'*) printf '%b' \"${FAKE_ETCD_MEMBERS:-}\";;\n\
          *' create -f -'*) [ ! -e \"$FAKE_DIR/lease\" ] && [ -z \"${FAKE_API_BUSY:-}\" ] || exit 1\n\
@@ -659,6 +660,7 @@ fn a_control_plane_stick_of_the_next_minor_release_moves_the_cluster_to_it() {
         ("FAKE_API_AFTER", "0"),
         ("FAKE_CLUSTER_RELEASE", "1.35.8"),
         ("FAKE_PROXY_RELEASE", "1.35.8"),
+        ("FAKE_KUBELETS", "cp-1=v1.35.8\ncp-2=v1.36.4\ncp-3=v1.35.8\n"),
     ]);
     assert!(
         text.contains(
@@ -678,15 +680,51 @@ fn a_control_plane_stick_of_the_next_minor_release_moves_the_cluster_to_it() {
         turn < replace && replace < join,
         "moved while holding the turn, before the join: {calls}"
     );
-    // kube-proxy was still 1.35's: kubeadm upgrades the add-ons (or skips them, its own check,
-    // while another control-plane node runs an older API server), after the join.
-    let admin = m.path("k8s/admin.conf");
-    let upgrade = format!("kubeadm upgrade node phase addon all --kubeconfig {}", admin.display());
-    let at = calls.find(&upgrade).unwrap_or_else(|| panic!("{calls}"));
-    assert!(at > calls.rfind("kubeadm join").unwrap(), "{calls}");
+    // kube-proxy and CoreDNS stay on 1.35 while other nodes run it (their sticks lack 1.36's).
+    assert!(
+        text.contains("kube-proxy and CoreDNS stay on v1.35.8 until every node runs 1.36.4 (not yet: cp-1 cp-3 )"),
+        "{text}"
+    );
+    assert!(!calls.contains("kubeadm upgrade"), "{calls}");
     assert!(!m.path("lease").exists(), "the turn is given back");
     let done = fs::read_to_string(m.path("state/bootstrap.done")).unwrap();
     assert!(done.contains("as control-plane (Kubernetes 1.36.4)"), "{done}");
+}
+
+#[test]
+fn the_add_ons_move_to_the_new_release_once_every_node_runs_it() {
+    let m = bootstrap_machine("cp-1", "control-plane");
+    let admin = m.path("k8s/admin.conf");
+    let upgrade = format!("kubeadm upgrade node phase addon all --kubeconfig {}", admin.display());
+    // A worker is still on 1.35.8: nothing moves, and it says why.
+    let env = [
+        ("FAKE_PROXY_RELEASE", "1.35.8"),
+        ("FAKE_KUBELETS", "cp-1=v1.36.4\nworker-1=v1.35.8\n"),
+    ];
+    let out = m.run_script("upgrade", &env);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(
+        log(&out).contains("stay on v1.35.8 until every node runs 1.36.4 (not yet: worker-1 )"),
+        "{}",
+        log(&out)
+    );
+    assert!(!m.calls().contains("kubeadm upgrade"));
+    // Every node on 1.36.4: kubeadm moves them.
+    let env = [
+        ("FAKE_PROXY_RELEASE", "1.35.8"),
+        ("FAKE_KUBELETS", "cp-1=v1.36.4\nworker-1=v1.36.4\n"),
+    ];
+    let out = m.run_script("upgrade", &env);
+    assert!(out.status.success(), "{}", log(&out));
+    assert!(m.calls().contains(&upgrade), "{}", m.calls());
+    // Done: one call, nothing else.
+    let before = m.calls().lines().count();
+    let out = m.run_script("upgrade", &[]);
+    assert!(out.status.success(), "{}", log(&out));
+    let calls = m.calls();
+    let new: Vec<&str> = calls.lines().skip(before).collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].contains("get daemonset kube-proxy"), "{new:?}");
 }
 
 #[test]
