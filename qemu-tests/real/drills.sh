@@ -100,11 +100,7 @@ trap finish EXIT
 
 
 # --- the real components, the images, the VMs ------------------------------------------
-mirror=$(bash "$QT_DIR/real/mirror.sh" | tail -n 1)
-KUBECTL=$(bash "$QT_DIR/real/build.sh" | tail -n 1)/bin/kubectl
-agnhost=$(python3 -c 'import sys, tomllib
-for i in tomllib.load(open(sys.argv[1], "rb"))["image"]:
-    if i["name"] == "agnhost": print(i["reference"] + "@" + i["digest"])' "$mirror/artifacts.lock")
+real_components
 
 # size_control_plane ACCEL: the control-plane nodes to power on together and the drills
 # to run. Three real control-plane VMs need KVM or enough host cores for TCG (one idle

@@ -65,6 +65,18 @@ drill_fail() {
   exit 1
 }
 
+# real_components: the real components built (cached) and their mirror and lock, with the
+# releases REAL_RELEASES names (mirror.sh): sets mirror, KUBECTL (the default release's) and
+# agnhost (the test workload's image, by tag and digest).
+real_components() {
+  mirror=$(bash "$QT_DIR/real/mirror.sh" | tail -n 1)
+  KUBECTL=$(bash "$QT_DIR/real/build.sh" | tail -n 1)/bin/kubectl
+  # shellcheck disable=SC2034 # for the drills that run it
+  agnhost=$(python3 -c 'import sys, tomllib
+for i in tomllib.load(open(sys.argv[1], "rb"))["image"]:
+    if i["name"] == "agnhost": print(i["reference"] + "@" + i["digest"])' "$mirror/artifacts.lock")
+}
+
 # kubectl through the VIP, with the kubeconfig `kubestick vm` writes.
 kc() { "$KUBECTL" --kubeconfig "$out/vm/kubeconfig" --request-timeout=30s "$@"; }
 

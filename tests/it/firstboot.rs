@@ -78,6 +78,7 @@ const DOUBLES: &[(&str, &str)] = &[
         "sleep",
         "[ -z \"${FAKE_BOOTSTRAP_DURING_SLEEP:-}\" ] || touch \"$FAKE_DIR/state/bootstrap.done\"\n\
          [ -z \"${FAKE_TURN_FREED_DURING_SLEEP:-}\" ] || rm -f \"$FAKE_DIR/lease\"\n\
+         touch \"$FAKE_DIR/slept\"\n\
          [ -z \"${FAKE_CP_READY_AFTER_SLEEP:-}\" ] || printf '%b' \"$FAKE_CP_READY_AFTER_SLEEP\" > \"$FAKE_DIR/cp-ready\"\n\
          [ -z \"${FAKE_CP_RELEASES_AFTER_SLEEP:-}\" ] || echo \"$FAKE_CP_RELEASES_AFTER_SLEEP\" > \"$FAKE_DIR/cp-releases\"",
     ),
@@ -96,6 +97,7 @@ const DOUBLES: &[(&str, &str)] = &[
          *' get node '*) [ -n \"${FAKE_NODE_EXISTS:-}\" ] || exit 1;;\n\
          *' get pods '*) printf 'etcd-cp-1\\netcd-cp-2\\netcd-cp-3\\n';;\n\
          *' get configmap kubeadm-config -o jsonpath'*) [ -z \"${FAKE_API_BUSY:-}\" ] || exit 1\n\
+           [ -z \"${FAKE_CONFIG_BUSY:-}\" ] || [ -e \"$FAKE_DIR/slept\" ] || exit 1\n\
            printf 'apiVersion: kubeadm.k8s.io/v1beta4\\nkind: ClusterConfiguration\\nkubernetesVersion: v%s\\n' \"$(cat \"$FAKE_DIR/cluster-release\" 2>/dev/null || echo \"${FAKE_CLUSTER_RELEASE:-1.36.4}\")\";;\n\
          *' get configmap kubeadm-config -o yaml'*) printf 'apiVersion: v1\\nkind: ConfigMap\\ndata:\\n  ClusterConfiguration: |\\n    kind: ClusterConfiguration\\n    kubernetesVersion: v%s\\nmetadata:\\n  resourceVersion: \"7\"\\n' \"$(cat \"$FAKE_DIR/cluster-release\" 2>/dev/null || echo \"${FAKE_CLUSTER_RELEASE:-1.36.4}\")\";;\n\
          *' get nodes -l node-role.kubernetes.io/control-plane'*) cat \"$FAKE_DIR/cp-ready\" 2>/dev/null || printf '%b' \"${FAKE_CP_READY:-cp-1=True\\ncp-2=True\\ncp-3=True\\n}\";;\n\
@@ -725,6 +727,22 @@ fn the_add_ons_move_to_the_new_release_once_every_node_runs_it() {
     let new: Vec<&str> = calls.lines().skip(before).collect();
     assert_eq!(new.len(), 1, "{new:?}");
     assert!(new[0].contains("get daemonset kube-proxy"), "{new:?}");
+}
+
+#[test]
+fn a_cluster_release_that_cannot_be_read_is_waited_for() {
+    let m = bootstrap_machine("cp-2", "control-plane");
+    let text = m.bootstrap_ok(&[("FAKE_API_AFTER", "0"), ("FAKE_CONFIG_BUSY", "1")]);
+    assert!(
+        text.contains("could not read the cluster's release from its ClusterConfiguration"),
+        "{text}"
+    );
+    let calls = m.calls();
+    assert!(
+        calls.find("sleep").unwrap() < calls.find("kubeadm join").unwrap(),
+        "{calls}"
+    );
+    assert!(m.path("state/bootstrap.done").exists());
 }
 
 #[test]
