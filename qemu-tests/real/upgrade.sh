@@ -163,7 +163,9 @@ EOF
 until_true "$STEP_BOUND" "the workload" kc -n "$NS" rollout status deployment/app --timeout=10s ||
   drill_fail u1 "${NODES[0]}" "the workload did not start: $(kc -n "$NS" get pods -o wide 2>&1)"
 app_ip=$(kc -n "$NS" get service app -o jsonpath='{.spec.clusterIP}')
-ssh_node "${NODES[0]}" curl -sf --max-time 10 "http://$app_ip/hostname" >/dev/null ||
+# The Service answers once kube-proxy has written its rules, a moment after the pod is ready.
+app_answers() { ssh_node "${NODES[0]}" curl -sf --max-time 10 "http://$app_ip/hostname" >/dev/null; }
+until_true "$STEP_BOUND" "the workload at $app_ip" app_answers ||
   drill_fail u1 "${NODES[0]}" "the workload did not answer at $app_ip"
 pass u1 "$(($(now) - start))" "${NODES[*]} Ready on $FROM; etcd $N healthy voters; the workload answers at $app_ip"
 
